@@ -1,0 +1,1 @@
+"""mooc-chassis: the Dapr-native chassis every MOOC service is built on."""

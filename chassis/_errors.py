@@ -1,0 +1,55 @@
+"""The chassis' exceptions: one root, so callers can catch everything the chassis raises.
+
+    ChassisError
+    ├── ConfigError          a setting is missing or invalid (raised at start-up)
+    ├── ContractError        the protos cannot be compiled, or a message has no event type
+    ├── StateError           the state store refused or failed an operation
+    │   └── ConcurrencyError an ETag did not match (someone else wrote first)
+    ├── PublishError         the sidecar did not accept an event
+    ├── InvocationError      a call to another service failed
+    └── HandlerOutcome       raised by an event handler to choose Dapr's outcome
+        ├── Retry            redeliver the event later (TopicEventResponse RETRY)
+        └── Drop             give up on the event (DROP; dead-lettered where configured)
+"""
+
+from __future__ import annotations
+
+
+class ChassisError(Exception):
+    """Root of every error the chassis raises."""
+
+
+class ConfigError(ChassisError):
+    """A setting is missing or invalid."""
+
+
+class ContractError(ChassisError):
+    """The contracts in `proto/` cannot be compiled or used as declared."""
+
+
+class StateError(ChassisError):
+    """The state store refused or failed an operation."""
+
+
+class ConcurrencyError(StateError):
+    """An ETag did not match: the record changed since it was read (or exists, for a first write)."""
+
+
+class PublishError(ChassisError):
+    """The sidecar did not accept an event for publishing."""
+
+
+class InvocationError(ChassisError):
+    """A call to another service through the sidecar failed."""
+
+
+class HandlerOutcome(ChassisError):
+    """Raised by an event handler to answer the sidecar with something other than SUCCESS."""
+
+
+class Retry(HandlerOutcome):
+    """Redeliver this event later (Dapr's RETRY)."""
+
+
+class Drop(HandlerOutcome):
+    """Give up on this event (Dapr's DROP): it is dead-lettered where a dead-letter topic is set."""
