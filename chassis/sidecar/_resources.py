@@ -1,0 +1,234 @@
+"""Load Dapr resource YAML (`--resources-path`) and open the components it declares.
+
+Every mistake is reported as one line, `<file>: <field>: <what is wrong>`, before anything opens,
+so `python -m chassis.sidecar` can exit 1 with a message the user can act on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import yaml
+
+from chassis.sidecar._errors import InvalidMetadata, ResourceError, SidecarError
+from chassis.sidecar.components import Driver, PubSub, StateStore, parse_duration, pubsub_sqlite, state_sqlite
+
+__all__ = ["DRIVERS", "ComponentSpec", "Resources", "load_specs", "open_resources", "parse_duration"]
+
+# One entry per Dapr component type; a new driver is a module in components/ plus one line here.
+DRIVERS: dict[str, Driver] = {
+    "state.sqlite": state_sqlite.DRIVER,
+    "pubsub.sqlite": pubsub_sqlite.DRIVER,
+}
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One `kind: Component` document, validated."""
+
+    name: str
+    type: str
+    version: str
+    metadata: dict[str, str]
+    scopes: tuple[str, ...]
+    source: Path
+
+    def in_scope(self, app_id: str) -> bool:
+        """Dapr loads a component for an app when `scopes` is empty or names the app."""
+        return not self.scopes or app_id in self.scopes
+
+
+@dataclass
+class Resources:
+    """The opened components of one sidecar, by component name."""
+
+    state_stores: dict[str, StateStore] = field(default_factory=dict)
+    pubsubs: dict[str, PubSub] = field(default_factory=dict)
+    specs: list[ComponentSpec] = field(default_factory=list)
+
+    async def close(self) -> None:
+        """Close every component (each closes its own worker thread)."""
+        for store in self.state_stores.values():
+            await store.close()
+        for broker in self.pubsubs.values():
+            await broker.close()
+        self.state_stores.clear()
+        self.pubsubs.clear()
+
+
+def load_specs(paths: Sequence[Path]) -> list[ComponentSpec]:
+    """Parse every Component in the YAML files of `paths` (folders or files); raise ResourceError."""
+    specs: list[ComponentSpec] = []
+    seen: dict[str, Path] = {}
+    for file in _yaml_files(paths):
+        for where, doc in _documents(file):
+            if doc.get("kind") != "Component":
+                continue  # Subscription, Resiliency, Configuration... are not loaded here (yet)
+            spec = _component(where, file, doc)
+            if spec.name in seen:
+                raise ResourceError(
+                    where,
+                    "metadata.name",
+                    f"duplicate component name {spec.name!r} (also in {seen[spec.name]})",
+                )
+            seen[spec.name] = file
+            specs.append(spec)
+    return specs
+
+
+def _yaml_files(paths: Sequence[Path]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_file():
+            yield path
+        elif path.is_dir():
+            yield from sorted(p for p in path.iterdir() if p.suffix in YAML_SUFFIXES and p.is_file())
+        else:
+            raise ResourceError(path, "resources path", "no such file or directory")
+
+
+def _documents(file: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The documents of a (multi-document) YAML file, each with a label for error messages."""
+    try:
+        docs = [doc for doc in yaml.safe_load_all(file.read_text(encoding="utf-8")) if doc is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else "document"
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise ResourceError(file, line, f"invalid YAML: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ResourceError(file, "file", f"cannot read: {exc}") from None
+    for index, doc in enumerate(docs):
+        if not isinstance(doc, dict):
+            raise ResourceError(
+                _label(file, index, len(docs)), "document", "expected a mapping (apiVersion, kind, ...)"
+            )
+    return [(_label(file, index, len(docs)), doc) for index, doc in enumerate(docs)]
+
+
+def _label(file: Path, index: int, count: int) -> str:
+    # Multi-document files: say which document, as `file#2`.
+    return f"{file}#{index + 1}" if count > 1 else str(file)
+
+
+def _component(where: str, file: Path, doc: dict[str, Any]) -> ComponentSpec:
+    meta = _mapping(where, doc, "metadata")
+    spec = _mapping(where, doc, "spec")
+    name = _text(where, "metadata.name", meta.get("name"))
+    ctype = _text(where, "spec.type", spec.get("type"))
+    version = _text(where, "spec.version", spec.get("version"))
+    driver = DRIVERS.get(ctype)
+    if driver is None:
+        raise ResourceError(
+            where, "spec.type", f"unknown component type {ctype!r} (supported: {', '.join(sorted(DRIVERS))})"
+        )
+    if version not in driver.versions:
+        raise ResourceError(
+            where,
+            "spec.version",
+            f"{ctype} has no version {version!r} (supported: {', '.join(driver.versions)})",
+        )
+    metadata = _metadata(where, spec.get("metadata"))
+    _check_metadata(where, ctype, driver, metadata)
+    scopes = _scopes(where, doc.get("scopes"))
+    return ComponentSpec(name, ctype, version, metadata, scopes, file)
+
+
+def _mapping(where: str, doc: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = doc.get(key)
+    if not isinstance(value, dict):
+        raise ResourceError(where, key, "missing or not a mapping")
+    return value
+
+
+def _text(where: str, field_name: str, value: object) -> str:
+    if value is None or value == "":
+        raise ResourceError(where, field_name, "missing")
+    if not isinstance(value, str | int | float):
+        raise ResourceError(where, field_name, f"expected a string, got {type(value).__name__}")
+    return str(value)
+
+
+def _metadata(where: str, items: object) -> dict[str, str]:
+    if items is None:
+        return {}
+    if not isinstance(items, list):
+        raise ResourceError(where, "spec.metadata", "expected a list of {name, value} entries")
+    metadata: dict[str, str] = {}
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ResourceError(where, f"spec.metadata[{index}]", "expected a mapping with name and value")
+        name = _text(where, f"spec.metadata[{index}].name", item.get("name"))
+        field_name = f"spec.metadata.{name}"
+        if "secretKeyRef" in item:
+            raise ResourceError(
+                where, f"{field_name}.secretKeyRef", "secret stores are not supported yet; use value"
+            )
+        metadata[name] = _scalar(where, f"{field_name}.value", item.get("value"))
+    return metadata
+
+
+def _scalar(where: str, field_name: str, value: object) -> str:
+    """Stringify a metadata value the way Go's YAML decoding would print it."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise ResourceError(where, field_name, f"expected a scalar, got {type(value).__name__}")
+
+
+def _check_metadata(where: str, ctype: str, driver: Driver, metadata: Mapping[str, str]) -> None:
+    present = {key.lower() for key, value in metadata.items() if value != ""}
+    for required in driver.required:
+        if required.lower() not in present:
+            raise ResourceError(where, f"spec.metadata.{required}", f"required by {ctype} but missing")
+    try:
+        driver.check(metadata)
+    except InvalidMetadata as exc:
+        raise ResourceError(where, f"spec.metadata.{exc.field}", exc.problem) from None
+
+
+def _scopes(where: str, scopes: object) -> tuple[str, ...]:
+    if scopes is None:
+        return ()
+    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+        raise ResourceError(where, "scopes", "expected a list of app ids")
+    return tuple(scopes)
+
+
+async def open_resources(paths: Sequence[Path], *, app_id: str, base_dir: Path) -> Resources:
+    """Load the specs and open the components in scope for `app_id`; all or nothing."""
+    resources = Resources(specs=load_specs(paths))
+    try:
+        for spec in resources.specs:
+            if spec.in_scope(app_id):
+                await _open(resources, spec, app_id=app_id, base_dir=base_dir)
+    except BaseException:
+        await resources.close()
+        raise
+    return resources
+
+
+async def _open(resources: Resources, spec: ComponentSpec, *, app_id: str, base_dir: Path) -> None:
+    driver = DRIVERS[spec.type]
+    kwargs: dict[str, Any] = {"app_id": app_id, "base_dir": base_dir}
+    if driver.kind == "state":
+        # daprd's `namespace` key prefix reads the NAMESPACE variable.
+        kwargs["namespace"] = os.environ.get("NAMESPACE", "")
+    try:
+        component = await driver.open(spec.name, spec.metadata, **kwargs)
+    except InvalidMetadata as exc:
+        raise ResourceError(spec.source, f"spec.metadata.{exc.field}", exc.problem) from None
+    except SidecarError as exc:
+        raise ResourceError(spec.source, f"component {spec.name!r}", str(exc)) from None
+    if driver.kind == "state":
+        resources.state_stores[spec.name] = cast(StateStore, component)
+    else:
+        resources.pubsubs[spec.name] = cast(PubSub, component)
