@@ -1,1 +1,53 @@
-"""mooc-chassis: the Dapr-native chassis every MOOC service is built on."""
+"""mooc-chassis: the Dapr-native chassis every MOOC service is built on.
+
+Services import from here only; everything else in the package is private.
+"""
+
+from chassis._dapr import Dapr
+from chassis._errors import (
+    ChassisError,
+    ConcurrencyError,
+    ConfigError,
+    ContractError,
+    Drop,
+    HandlerOutcome,
+    InvocationError,
+    PublishError,
+    Retry,
+    SidecarUnavailable,
+    StateError,
+)
+from chassis._events import EventContext, event_type_of
+from chassis._resilience import retrying
+from chassis._runtime import Service
+from chassis._settings import ServiceSettings, load_settings
+from chassis._state import Delete, StateRepository, Upsert, Versioned
+from chassis._telemetry import context_from_traceparent, current_traceparent, setup_telemetry
+
+__all__ = [
+    "ChassisError",
+    "ConcurrencyError",
+    "ConfigError",
+    "ContractError",
+    "Dapr",
+    "Delete",
+    "Drop",
+    "EventContext",
+    "HandlerOutcome",
+    "InvocationError",
+    "PublishError",
+    "Retry",
+    "Service",
+    "ServiceSettings",
+    "SidecarUnavailable",
+    "StateError",
+    "StateRepository",
+    "Upsert",
+    "Versioned",
+    "context_from_traceparent",
+    "current_traceparent",
+    "event_type_of",
+    "load_settings",
+    "retrying",
+    "setup_telemetry",
+]

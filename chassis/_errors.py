@@ -1,15 +1,16 @@
 """The chassis' exceptions: one root, so callers can catch everything the chassis raises.
 
-    ChassisError
-    ├── ConfigError          a setting is missing or invalid (raised at start-up)
-    ├── ContractError        the protos cannot be compiled, or a message has no event type
-    ├── StateError           the state store refused or failed an operation
-    │   └── ConcurrencyError an ETag did not match (someone else wrote first)
-    ├── PublishError         the sidecar did not accept an event
-    ├── InvocationError      a call to another service failed
-    └── HandlerOutcome       raised by an event handler to choose Dapr's outcome
-        ├── Retry            redeliver the event later (TopicEventResponse RETRY)
-        └── Drop             give up on the event (DROP; dead-lettered where configured)
+ChassisError
+├── ConfigError          a setting is missing or invalid (raised at start-up)
+├── ContractError        the protos cannot be compiled, or a message has no event type
+├── StateError           the state store refused or failed an operation
+│   └── ConcurrencyError an ETag did not match (someone else wrote first)
+├── SidecarUnavailable   the Dapr sidecar did not become healthy in time
+├── PublishError         the sidecar did not accept an event
+├── InvocationError      a call to another service failed
+└── HandlerOutcome       raised by an event handler to choose Dapr's outcome
+    ├── Retry            redeliver the event later (TopicEventResponse RETRY)
+    └── Drop             give up on the event (DROP; dead-lettered where configured)
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ class StateError(ChassisError):
 
 class ConcurrencyError(StateError):
     """An ETag did not match: the record changed since it was read (or exists, for a first write)."""
+
+
+class SidecarUnavailable(ChassisError):
+    """The Dapr sidecar did not answer its health endpoint within DAPR_HEALTH_TIMEOUT seconds."""
 
 
 class PublishError(ChassisError):

@@ -1,0 +1,181 @@
+"""The service runtime: one grpc.aio server for a service's own RPCs and Dapr's app callbacks.
+
+Start order matters: the server listens first, then the Dapr client opens (the sidecar waits for the
+app port, the client waits for the sidecar). SIGTERM/SIGINT drain in-flight work before exiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import grpc
+from dapr.proto.runtime.v1 import appcallback_pb2 as callback_v1
+from dapr.proto.runtime.v1 import appcallback_pb2_grpc as callback_grpc
+from google.protobuf import empty_pb2
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # public, not in stubs
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from chassis._dapr import Dapr
+from chassis._errors import ChassisError, ConfigError
+from chassis._pubsub import AppCallback, Handler, Subscription, SubscriptionRegistry, publish
+from chassis._settings import ServiceSettings, load_settings
+from chassis._state import StateRepository
+from chassis._telemetry import flush_telemetry, setup_logging, setup_telemetry
+
+M = TypeVar("M", bound=Message)
+AddServicer = Callable[[Any, grpc.aio.Server], None]
+
+_log = logging.getLogger("chassis.runtime")
+
+
+class Service:
+    """A MOOC service: its RPC servicers, its event handlers, its state and its Dapr client."""
+
+    def __init__(self, name: str, settings: ServiceSettings | None = None) -> None:
+        self.name = name
+        self.settings = settings if settings is not None else load_settings(ServiceSettings)
+        self._dapr = Dapr(self.settings)
+        self._servicers: list[tuple[AddServicer, Any]] = []
+        self._subscriptions = SubscriptionRegistry()
+        self._health = health_aio.HealthServicer()
+        self._stopping = asyncio.Event()
+        self.port: int | None = None
+
+    @property
+    def dapr(self) -> Dapr:
+        """The service's Dapr client owner; its client opens on first use."""
+        return self._dapr
+
+    def add_servicer(self, add_to_server: AddServicer, servicer: Any) -> None:
+        """Serve a generated servicer: `service.add_servicer(add_XServicer_to_server, XServicer())`."""
+        self._servicers.append((add_to_server, servicer))
+
+    def subscribe(
+        self, *, topic: str, event: type[M], pubsub: str | None = None, dead_letter_topic: str | None = None
+    ) -> Callable[[Handler[M]], Handler[M]]:
+        """Decorate `async def handler(event: M, ctx: EventContext) -> None` to receive `topic`'s events."""
+
+        def register(handler: Handler[M]) -> Handler[M]:
+            name = pubsub or self.settings.pubsub
+            self._subscriptions.add(Subscription(name, topic, event, handler, dead_letter_topic))
+            return handler
+
+        return register
+
+    def state(self, model: type[M], *, store: str | None = None) -> StateRepository[M]:
+        """The records of `model` in the service's state store (or `store`)."""
+        return StateRepository(self._dapr, model, store or self.settings.state_store)
+
+    async def publish(
+        self,
+        event: Message,
+        *,
+        topic: str,
+        pubsub: str | None = None,
+        event_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> str:
+        """Publish `event` as a CloudEvent of its declared type; returns the event id."""
+        return await publish(
+            self._dapr,
+            event,
+            pubsub=pubsub or self.settings.pubsub,
+            topic=topic,
+            event_id=event_id,
+            metadata=metadata,
+        )
+
+    def run(self) -> None:
+        """Serve until SIGTERM/SIGINT (the body of every service's `__main__`)."""
+        try:
+            asyncio.run(self.serve())
+        except ConfigError as err:
+            print(f"config error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    def stop(self) -> None:
+        """Ask a running `serve()` to drain and return (what SIGTERM does)."""
+        self._stopping.set()
+
+    async def serve(self) -> None:
+        """Listen, open the Dapr client, and serve until stopped; then drain and close."""
+        setup_telemetry(self.name)
+        setup_logging(self.name)
+        server = self._build_server()
+        await server.start()
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        _log.info("%s serving on port %s", self.name, self.port)
+        watched = self._watch_signals()
+        opener = asyncio.create_task(self._open_dapr())
+        try:
+            await self._stopping.wait()
+        finally:
+            opener.cancel()
+            await self._shutdown(server)
+            for sig in watched:
+                asyncio.get_running_loop().remove_signal_handler(sig)
+
+    def _build_server(self) -> grpc.aio.Server:
+        server = grpc.aio.server(interceptors=[aio_server_interceptor()])  # type: ignore[no-untyped-call]
+        for add_to_server, servicer in self._servicers:
+            add_to_server(servicer, server)
+        # The SDK's generated registration functions are untyped.
+        callback_grpc.add_AppCallbackServicer_to_server(AppCallback(self._subscriptions), server)  # type: ignore[no-untyped-call]
+        callback_grpc.add_AppCallbackHealthCheckServicer_to_server(_AppHealth(), server)  # type: ignore[no-untyped-call]
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self.port = self._bind(server)
+        return server
+
+    def _bind(self, server: grpc.aio.Server) -> int:
+        host = self.settings.bind_host
+        address = f"[{host}]:{self.settings.app_port}" if ":" in host else f"{host}:{self.settings.app_port}"
+        try:
+            return server.add_insecure_port(address)
+        except RuntimeError as err:
+            raise ConfigError(f"APP_PORT: cannot listen on {address}: {err}") from err
+
+    def _watch_signals(self) -> list[signal.Signals]:
+        loop = asyncio.get_running_loop()
+        watched = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                _log.debug("cannot watch %s outside the main thread", sig.name)
+            else:
+                watched.append(sig)
+        return watched
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        _log.info("%s received: draining for up to %gs", sig.name, self.settings.drain_seconds)
+        self.stop()
+
+    async def _open_dapr(self) -> None:
+        try:
+            await self._dapr.client()
+        except ChassisError as err:
+            _log.error("Dapr client not ready yet (it opens again on first use): %s", err)
+
+    async def _shutdown(self, server: grpc.aio.Server) -> None:
+        await self._health.enter_graceful_shutdown()
+        # New calls are refused at once; calls and event handlers in flight get drain_seconds to finish.
+        await server.stop(grace=self.settings.drain_seconds)
+        await self._dapr.close()
+        flush_telemetry()
+        _log.info("%s stopped", self.name)
+
+
+class _AppHealth(callback_grpc.AppCallbackHealthCheckServicer):
+    """Answers the sidecar's app health probe: serving means healthy."""
+
+    async def HealthCheck(
+        self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> callback_v1.HealthCheckResponse:
+        return callback_v1.HealthCheckResponse()

@@ -1,0 +1,81 @@
+"""Typed service configuration, read once at start-up from the environment (and `.env`).
+
+A bad value stops the process with one line naming the environment variable, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, TypeVar
+
+from pydantic import AliasChoices, AliasPath, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+S = TypeVar("S", bound="ServiceSettings")
+
+DEFAULT_DAPR_GRPC_PORT = 50001
+
+
+class ServiceSettings(BaseSettings):
+    """What every service needs; subclass it (with your own `env_prefix`) to add service settings.
+
+    The shared fields keep the names `dapr run` and the chassis CLI export (APP_ID, DAPR_GRPC_PORT, ...)
+    whatever prefix a subclass chooses, because each names its variable explicitly.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    app_id: str = Field(validation_alias="APP_ID", min_length=1)
+    app_port: int = Field(default=50051, validation_alias="APP_PORT", ge=0, le=65535)
+    bind_host: str = Field(default="127.0.0.1", validation_alias="CHASSIS_BIND")
+    dapr_grpc_port: int = Field(
+        default=DEFAULT_DAPR_GRPC_PORT, validation_alias="DAPR_GRPC_PORT", ge=1, le=65535
+    )
+    dapr_http_port: int = Field(default=3500, validation_alias="DAPR_HTTP_PORT", ge=1, le=65535)
+    state_store: str = Field(default="statestore", validation_alias="CHASSIS_STATE_STORE", min_length=1)
+    pubsub: str = Field(default="pubsub", validation_alias="CHASSIS_PUBSUB", min_length=1)
+    drain_seconds: float = Field(default=10.0, validation_alias="CHASSIS_DRAIN_SECONDS", ge=0)
+
+
+def load_settings(cls: type[S]) -> S:
+    """Build `cls` from the environment; on a bad value print one `config error:` line and exit 2."""
+    try:
+        return cls()  # type: ignore[call-arg]  # the values come from the environment
+    except ValidationError as err:
+        print(describe_error(cls, err), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def describe_error(cls: type[ServiceSettings], err: ValidationError) -> str:
+    """The one line a person needs: which variable, what is wrong, what it was set to."""
+    first = err.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else ""
+    env_name = env_var_of(cls, field)
+    shown = "not set" if first["type"] == "missing" else f"got {first['input']!r}"
+    return f"config error: {env_name}: {first['msg']} ({shown})"
+
+
+def env_var_of(cls: type[ServiceSettings], field_or_alias: str) -> str:
+    """The environment variable that feeds a field (`loc` of an error may be its name or its alias)."""
+    for name, info in cls.model_fields.items():
+        alias = _first_alias(info.validation_alias)
+        if field_or_alias in (name, alias):
+            return alias or f"{cls.model_config.get('env_prefix', '')}{name}".upper()
+    return field_or_alias.upper()
+
+
+def _first_alias(alias: str | AliasPath | AliasChoices | None) -> str | None:
+    if isinstance(alias, str):
+        return alias
+    if isinstance(alias, AliasChoices):
+        first: Any = alias.choices[0]
+        return first if isinstance(first, str) else None
+    return None
+
+
+def sidecar_grpc_port(settings: ServiceSettings | None) -> int:
+    """The sidecar's gRPC port: from settings when a service has them, else as the Dapr SDK reads it."""
+    if settings is not None:
+        return settings.dapr_grpc_port
+    return int(os.environ.get("DAPR_GRPC_PORT") or DEFAULT_DAPR_GRPC_PORT)

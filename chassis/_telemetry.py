@@ -1,0 +1,199 @@
+"""Traces and structured logs: one OpenTelemetry setup shared by services and the embedded sidecar.
+
+Exporters come from the standard OTEL_* variables, plus CHASSIS_TRACE_FILE, a JSON-lines file that
+several processes can append to, so tests and developers can follow one trace across every hop.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from chassis._errors import ConfigError
+
+TRACE_FILE_ENV = "CHASSIS_TRACE_FILE"
+EXPORTERS_ENV = "OTEL_TRACES_EXPORTER"
+LOG_LEVEL_ENV = "CHASSIS_LOG_LEVEL"
+
+_W3C = TraceContextTextMapPropagator()
+_provider: TracerProvider | None = None
+
+
+def setup_telemetry(service_name: str) -> None:
+    """Install the process' TracerProvider once; later calls (from any module) change nothing."""
+    global _provider
+    if _provider is not None:
+        return
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    for processor in _processors_from_env():
+        provider.add_span_processor(processor)
+    trace.set_tracer_provider(provider)
+    _provider = provider
+
+
+def flush_telemetry() -> None:
+    """Export what is still buffered (called when a service stops; atexit covers the rest)."""
+    if _provider is not None:
+        _provider.force_flush()
+
+
+def _processors_from_env() -> list[SpanProcessor]:
+    processors: list[SpanProcessor] = []
+    for name in _exporter_names():
+        if name == "console":
+            processors.append(SimpleSpanProcessor(ConsoleSpanExporter()))
+        elif name == "otlp":
+            processors.append(BatchSpanProcessor(_otlp_exporter()))
+        elif name != "none":
+            raise ConfigError(f"{EXPORTERS_ENV}: unknown exporter {name!r}; use console, otlp or none")
+    trace_file = os.environ.get(TRACE_FILE_ENV)
+    if trace_file:
+        # Simple (not batch): a span is on disk as soon as it ends, so a SIGKILL loses nothing already ended.
+        processors.append(SimpleSpanProcessor(JsonLinesSpanExporter(Path(trace_file))))
+    return processors
+
+
+def _exporter_names() -> list[str]:
+    # Unset means "none" here (OTel's default is otlp): a service must not fail for lack of a collector.
+    raw = os.environ.get(EXPORTERS_ENV, "none")
+    return [part.strip().lower() for part in raw.split(",") if part.strip()]
+
+
+def _otlp_exporter() -> SpanExporter:
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"
+    )
+    package = "grpc" if protocol == "grpc" else "http"
+    try:
+        # Imported by name: the OTLP exporters are optional packages, not dependencies of the chassis.
+        module = importlib.import_module(f"opentelemetry.exporter.otlp.proto.{package}.trace_exporter")
+    except ImportError as err:
+        raise ConfigError(
+            f"{EXPORTERS_ENV}: 'otlp' needs the package opentelemetry-exporter-otlp-proto-{package}; "
+            f"install it (pip install opentelemetry-exporter-otlp) or choose console or none"
+        ) from err
+    exporter: SpanExporter = module.OTLPSpanExporter()
+    return exporter
+
+
+class JsonLinesSpanExporter(SpanExporter):
+    """Appends one JSON object per finished span to a file shared by several processes."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        payload = "".join(json.dumps(span_record(span)) + "\n" for span in spans).encode()
+        try:
+            _append_locked(self._path, payload)
+        except OSError:
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Nothing is buffered: every export is already on disk."""
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def _append_locked(path: Path, payload: bytes) -> None:
+    """O_APPEND plus an exclusive lock, so lines from concurrent processes never interleave."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def span_record(span: ReadableSpan) -> dict[str, Any]:
+    """The trace-file form of a span: hex ids, nanosecond times."""
+    ctx = span.get_span_context()
+    return {
+        "trace_id": trace.format_trace_id(ctx.trace_id) if ctx else None,
+        "span_id": trace.format_span_id(ctx.span_id) if ctx else None,
+        "parent_id": trace.format_span_id(span.parent.span_id) if span.parent else None,
+        "name": span.name,
+        "service": span.resource.attributes.get("service.name"),
+        "kind": span.kind.name,
+        "start": span.start_time,
+        "end": span.end_time,
+        "status": span.status.status_code.name,
+        "attributes": dict(span.attributes or {}),
+    }
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the current span, or None outside any sampled-or-not valid span."""
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def context_from_traceparent(traceparent: str | None) -> Context:
+    """A context whose parent is the remote span named by `traceparent` (empty when it is invalid)."""
+    return _W3C.extract({"traceparent": traceparent} if traceparent else {})
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The 32-hex trace id inside a traceparent, if it parses."""
+    span_ctx = trace.get_current_span(context_from_traceparent(traceparent)).get_span_context()
+    return trace.format_trace_id(span_ctx.trace_id) if span_ctx.is_valid else None
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per log line, carrying the trace and span ids of the current span."""
+
+    def __init__(self, service_name: str) -> None:
+        super().__init__()
+        self._service = service_name
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "service": self._service,
+            "message": record.getMessage(),
+        }
+        span_ctx = trace.get_current_span().get_span_context()
+        if span_ctx.is_valid:
+            line["trace_id"] = trace.format_trace_id(span_ctx.trace_id)
+            line["span_id"] = trace.format_span_id(span_ctx.span_id)
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def setup_logging(service_name: str) -> None:
+    """Route the root logger to stderr as JSON lines (level from CHASSIS_LOG_LEVEL, default INFO)."""
+    root = logging.getLogger()
+    if any(isinstance(h.formatter, JsonLogFormatter) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter(service_name))
+    root.addHandler(handler)
+    root.setLevel(os.environ.get(LOG_LEVEL_ENV, "INFO").upper())

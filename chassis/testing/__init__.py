@@ -1,0 +1,25 @@
+"""Test kit for chassis services: real sidecar and app processes, free ports, polling, server checks.
+
+The pytest plugin (`chassis.testing.plugin`) loads automatically and provides the fixtures
+`sidecar_factory` and `app_factory`; the helpers below work with or without it.
+"""
+
+from chassis.testing._processes import (
+    AppProcess,
+    ManagedProcess,
+    Sidecar,
+    free_port,
+    requires_server,
+    wait_for,
+    write_default_resources,
+)
+
+__all__ = [
+    "AppProcess",
+    "ManagedProcess",
+    "Sidecar",
+    "free_port",
+    "requires_server",
+    "wait_for",
+    "write_default_resources",
+]
