@@ -1,0 +1,1 @@
+"""assessment: Learners submit assignments and read them back, graded once grading has scored them."""

@@ -1,0 +1,83 @@
+"""The assessment service: learners submit assignments and read them back; grades arrive as events."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import grpc
+from chassis import Drop, EventContext, Service, StateRepository, load_settings
+from mooc.assessment.v1 import assessment_pb2 as pb
+from mooc.assessment.v1 import assessment_pb2_grpc as pb_grpc
+from mooc.events.v1.grading_pb2 import GradeCompleted
+
+from assessment.catalogue import Catalogue, InvalidSubmission
+from assessment.settings import Settings
+from assessment.submissions import new_submission, submission_created, with_grade
+
+APP_ID = "assessment"
+Context = grpc.aio.ServicerContext[Any, Any]
+log = logging.getLogger(APP_ID)
+
+
+class AssessmentServicer(pb_grpc.AssessmentServiceServicer):
+    """Implements mooc.assessment.v1.AssessmentService."""
+
+    def __init__(self, service: Service, settings: Settings, catalogue: Catalogue) -> None:
+        self._service = service
+        self._settings = settings
+        self._catalogue = catalogue
+        self._submissions = service.state(pb.Submission)
+
+    async def SubmitAssignment(
+        self, request: pb.SubmitAssignmentRequest, context: Context
+    ) -> pb.SubmitAssignmentResponse:
+        try:
+            assignment = self._catalogue.check(request)
+        except InvalidSubmission as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        submission = new_submission(request, str(uuid.uuid4()))
+        await self._submissions.save(submission.submission_id, submission, first_write=True)
+        await self._service.publish(
+            submission_created(submission, assignment),
+            topic=self._settings.submissions_topic,
+            event_id=submission.submission_id,
+        )
+        log.info("submission %s stored and announced", submission.submission_id)
+        return pb.SubmitAssignmentResponse(submission_id=submission.submission_id)
+
+    async def GetSubmission(self, request: pb.GetSubmissionRequest, context: Context) -> pb.Submission:
+        stored = await self._submissions.get(request.submission_id) if request.submission_id else None
+        if stored is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no submission {request.submission_id!r}")
+        return stored.value
+
+
+async def record_grade(submissions: StateRepository[pb.Submission], grade: GradeCompleted) -> None:
+    """Store `grade` on its submission once; a redelivered or second grade changes nothing."""
+    stored = await submissions.get(grade.submission_id)
+    if stored is None:
+        raise Drop(f"grade for unknown submission {grade.submission_id!r}")
+    if stored.value.status == pb.Submission.STATUS_GRADED:
+        return
+    await submissions.update(grade.submission_id, lambda current: with_grade(current or stored.value, grade))
+    log.info("submission %s graded %s/%s", grade.submission_id, grade.score, grade.max_score)
+
+
+def build_service(settings: Settings | None = None) -> Service:
+    """The service with its servicer and its `grades` subscription registered."""
+    settings = settings or load_settings(Settings)
+    service = Service(APP_ID, settings)
+    catalogue = Catalogue.load(settings.catalogue_path)
+    service.add_servicer(
+        pb_grpc.add_AssessmentServiceServicer_to_server,
+        AssessmentServicer(service, settings, catalogue),
+    )
+    submissions = service.state(pb.Submission)
+
+    @service.subscribe(topic=settings.grades_topic, event=GradeCompleted)
+    async def on_grade_completed(event: GradeCompleted, ctx: EventContext) -> None:
+        await record_grade(submissions, event)
+
+    return service

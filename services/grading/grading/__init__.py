@@ -1,0 +1,1 @@
+"""grading: Scores submitted assignments and publishes the grades."""
