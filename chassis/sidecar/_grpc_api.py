@@ -24,7 +24,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from chassis.sidecar import _cloudevents as ce
 from chassis.sidecar import _status
 from chassis.sidecar._errors import EtagInvalid, EtagMismatch, IllegalKey, SidecarError
-from chassis.sidecar._resources import Resources
+from chassis.sidecar._resources import DRIVERS, Resources
 from chassis.sidecar._status import ApiError
 from chassis.sidecar._tracing import context_from_metadata, traceparent, tracestate
 from chassis.sidecar.components import PubSub, StateStore, TxOp, meta_get
@@ -34,7 +34,6 @@ log = logging.getLogger("chassis.sidecar.api")
 SERVICE = "dapr.proto.runtime.v1.Dapr"
 RUNTIME_VERSION = "mooc-chassis-embedded"
 # What daprd's metadata API lists per component type (a subset of the driver's features).
-CAPABILITIES = {"state.sqlite": ("ETAG", "TRANSACTIONAL", "TTL"), "pubsub.sqlite": ()}
 _FIRST_WRITE = common_pb2.StateOptions.CONCURRENCY_FIRST_WRITE
 
 _Self = TypeVar("_Self", bound="DaprApi")
@@ -356,7 +355,8 @@ def build_metadata(ctx: ApiContext) -> metadata_pb2.GetMetadataResponse:
 
 
 def _capabilities(kind: str, metadata: dict[str, str]) -> list[str]:
-    capabilities = list(CAPABILITIES.get(kind, ()))
+    driver = DRIVERS.get(kind)
+    capabilities = list(driver.capabilities if driver else ())
     if kind.startswith("state.") and meta_get(metadata, "actorStateStore").lower() == "true":
         capabilities.append("ACTOR")
     return capabilities

@@ -54,7 +54,10 @@ _HOP_BY_HOP = frozenset(
         CALLER_KEY,
     }
 )
+# A local subchannel pool: otherwise the proxy shares gRPC's global pool with the delivery loop, whose
+# attempts to reach a still-starting app leave the subchannel in back-off and fail the first calls.
 CHANNEL_OPTIONS = [
+    ("grpc.use_local_subchannel_pool", 1),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),

@@ -15,7 +15,16 @@ from typing import Any, cast
 import yaml
 
 from chassis.sidecar._errors import InvalidMetadata, ResourceError, SidecarError
-from chassis.sidecar.components import Driver, PubSub, StateStore, parse_duration, pubsub_sqlite, state_sqlite
+from chassis.sidecar.components import (
+    Driver,
+    PubSub,
+    StateStore,
+    parse_duration,
+    pubsub_redis,
+    pubsub_sqlite,
+    state_redis,
+    state_sqlite,
+)
 
 __all__ = ["DRIVERS", "ComponentSpec", "Resources", "load_specs", "open_resources", "parse_duration"]
 
@@ -23,6 +32,8 @@ __all__ = ["DRIVERS", "ComponentSpec", "Resources", "load_specs", "open_resource
 DRIVERS: dict[str, Driver] = {
     "state.sqlite": state_sqlite.DRIVER,
     "pubsub.sqlite": pubsub_sqlite.DRIVER,
+    "state.redis": state_redis.DRIVER,
+    "pubsub.redis": pubsub_redis.DRIVER,
 }
 
 YAML_SUFFIXES = (".yaml", ".yml")

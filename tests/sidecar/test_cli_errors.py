@@ -22,10 +22,10 @@ kind: Component
 metadata:
   name: cache
 spec:
-  type: state.redis
+  type: state.mongodb
   version: v1
   metadata:
-  - {name: redisHost, value: "localhost:6379"}
+  - {name: host, value: "localhost:27017"}
 """
 
 
@@ -58,7 +58,7 @@ def test_unknown_component_type_names_the_file_and_field(tmp_path: Path) -> None
     components = embedded_components(tmp_path / "components")
     (components / "cache.yaml").write_text(UNKNOWN_TYPE)
     result = run_sidecar(tmp_path, "--resources-path", str(components))
-    assert_one_line_failure(result, str(components / "cache.yaml"), "spec.type", "state.redis")
+    assert_one_line_failure(result, str(components / "cache.yaml"), "spec.type", "state.mongodb")
 
 
 def test_missing_resources_folder(tmp_path: Path) -> None:

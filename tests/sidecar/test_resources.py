@@ -133,7 +133,7 @@ BAD_FILES = [
     (STATE.replace("  type: state.sqlite\n", ""), "spec.type", "missing"),
     (STATE.replace("  version: v1\n", ""), "spec.version", "missing"),
     (STATE.replace("version: v1", "version: v2"), "spec.version", "state.sqlite has no version 'v2'"),
-    (component("state.redis"), "spec.type", "unknown component type 'state.redis'"),
+    (component("state.mongodb"), "spec.type", "unknown component type 'state.mongodb'"),
     (component(metadata="  - {name: keyPrefix, value: name}"), "spec.metadata.connectionString", "required"),
     (component(metadata='  - {name: connectionString, value: ""}'),
      "spec.metadata.connectionString", "required"),
@@ -198,10 +198,11 @@ def test_resource_paths_may_be_files(tmp_path: Path) -> None:
 
 
 def test_every_driver_declares_its_shape() -> None:
-    assert set(DRIVERS) == {"state.sqlite", "pubsub.sqlite"}
+    assert set(DRIVERS) == {"state.sqlite", "pubsub.sqlite", "state.redis", "pubsub.redis"}
     for ctype, driver in DRIVERS.items():
         assert ctype.startswith(driver.kind + ".")
-        assert "connectionString" in driver.required
+        where = "redisHost" if ctype.endswith(".redis") else "connectionString"
+        assert driver.required == (where,)
 
 
 @pytest.mark.parametrize(

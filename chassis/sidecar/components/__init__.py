@@ -103,6 +103,8 @@ class Driver:
     required: tuple[str, ...]
     check: Callable[[Mapping[str, str]], None]
     open: Callable[..., Awaitable[StateStore | PubSub]]
+    # What the Metadata API reports for components of this type (Dapr's feature names).
+    capabilities: tuple[str, ...] = ()
 
 
 def meta_get(metadata: Mapping[str, str], field: str, default: str = "") -> str:

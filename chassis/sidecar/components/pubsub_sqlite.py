@@ -17,7 +17,8 @@ from pathlib import Path
 
 from chassis.sidecar._errors import InvalidMetadata
 from chassis.sidecar._sqlite import DEFAULT_BUSY_TIMEOUT, SqliteWorker, resolve_database, write_transaction
-from chassis.sidecar.components import Driver, Message, meta_get, parse_duration
+from chassis.sidecar.components import Driver, Message, meta_get
+from chassis.sidecar.components._common import positive_duration, positive_int
 
 __all__ = ["DRIVER", "SqlitePubSub"]
 
@@ -39,36 +40,14 @@ _SCHEMA = (
 )
 
 
-def _duration(metadata: Mapping[str, str], field: str, default: float) -> float:
-    text = meta_get(metadata, field)
-    if not text:
-        return default
-    try:
-        seconds = parse_duration(text)
-    except ValueError as exc:
-        raise InvalidMetadata(field, str(exc)) from None
-    if seconds <= 0:
-        raise InvalidMetadata(field, f"must be positive, got {text!r}")
-    return seconds
-
-
-def _max_len(metadata: Mapping[str, str]) -> int | None:
-    text = meta_get(metadata, "maxLenApprox")
-    if not text:
-        return None
-    if not text.isdigit() or int(text) == 0:
-        raise InvalidMetadata("maxLenApprox", f"must be a positive integer, got {text!r}")
-    return int(text)
-
-
 def check_metadata(metadata: Mapping[str, str]) -> None:
     """Validate the metadata values this driver reads (raises InvalidMetadata)."""
     if not meta_get(metadata, "connectionString"):
         raise InvalidMetadata("connectionString", "must not be empty")
-    _duration(metadata, "processingTimeout", DEFAULT_PROCESSING_TIMEOUT)
-    _duration(metadata, "redeliverInterval", DEFAULT_REDELIVER_INTERVAL)
-    _duration(metadata, "busyTimeout", DEFAULT_BUSY_TIMEOUT)
-    _max_len(metadata)
+    positive_duration(metadata, "processingTimeout", DEFAULT_PROCESSING_TIMEOUT)
+    positive_duration(metadata, "redeliverInterval", DEFAULT_REDELIVER_INTERVAL)
+    positive_duration(metadata, "busyTimeout", DEFAULT_BUSY_TIMEOUT)
+    positive_int(metadata, "maxLenApprox")
 
 
 class SqlitePubSub:
@@ -78,12 +57,12 @@ class SqlitePubSub:
         check_metadata(metadata)
         self.name = name
         self.app_id = app_id
-        self.processing_timeout = _duration(metadata, "processingTimeout", DEFAULT_PROCESSING_TIMEOUT)
+        self.processing_timeout = positive_duration(metadata, "processingTimeout", DEFAULT_PROCESSING_TIMEOUT)
         # Not used here: the delivery loop reads it as the cap of its retry back-off.
-        self.redeliver_interval = _duration(metadata, "redeliverInterval", DEFAULT_REDELIVER_INTERVAL)
-        self._max_len = _max_len(metadata)
+        self.redeliver_interval = positive_duration(metadata, "redeliverInterval", DEFAULT_REDELIVER_INTERVAL)
+        self._max_len = positive_int(metadata, "maxLenApprox")
         database, uri = resolve_database(meta_get(metadata, "connectionString"), base_dir)
-        busy = _duration(metadata, "busyTimeout", DEFAULT_BUSY_TIMEOUT)
+        busy = positive_duration(metadata, "busyTimeout", DEFAULT_BUSY_TIMEOUT)
         self._worker = SqliteWorker(database, uri=uri, busy_timeout=busy, label=name)
         self._wakeup = asyncio.Event()
         self._data_version = 0

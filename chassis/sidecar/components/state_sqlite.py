@@ -15,13 +15,13 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from chassis.sidecar._errors import ComponentError, EtagMismatch, IllegalKey, InvalidMetadata
+from chassis.sidecar._errors import ComponentError, EtagMismatch, InvalidMetadata
 from chassis.sidecar._sqlite import DEFAULT_BUSY_TIMEOUT, SqliteWorker, resolve_database, write_transaction
 from chassis.sidecar.components import Driver, StateItem, TxOp, meta_get, parse_duration
+from chassis.sidecar.components._common import check_key_prefix, key_prefix, prefixed
 
 __all__ = ["DRIVER", "SqliteStateStore"]
 
-SEPARATOR = "||"
 _NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
 _LIVE = f"(expiration_time IS NULL OR expiration_time > {_NOW})"
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -31,9 +31,7 @@ def check_metadata(metadata: Mapping[str, str]) -> None:
     """Validate the metadata values this driver reads (raises InvalidMetadata)."""
     if not meta_get(metadata, "connectionString"):
         raise InvalidMetadata("connectionString", "must not be empty")
-    prefix = meta_get(metadata, "keyPrefix")
-    if SEPARATOR in prefix:
-        raise InvalidMetadata("keyPrefix", str(IllegalKey(prefix)))
+    check_key_prefix(metadata)
     table = meta_get(metadata, "tableName", "state")
     if not _TABLE_NAME.fullmatch(table):
         raise InvalidMetadata("tableName", f"{table!r} is not a plain SQL identifier")
@@ -51,23 +49,6 @@ def _busy_timeout(metadata: Mapping[str, str]) -> float:
     if seconds < 0:
         raise InvalidMetadata("busyTimeout", f"must not be negative, got {text!r}")
     return seconds
-
-
-def key_prefix(metadata: Mapping[str, str], *, store_name: str, app_id: str, namespace: str) -> str:
-    """The prefix Dapr puts before every key ('' for none), from the `keyPrefix` strategy."""
-    strategy = meta_get(metadata, "keyPrefix", "appid").lower()
-    if strategy == "none":
-        return ""
-    if strategy == "name":
-        return store_name + SEPARATOR
-    if strategy in ("appid", "namespace"):
-        if not app_id:
-            return ""
-        if strategy == "namespace" and namespace:
-            return f"{namespace}.{app_id}{SEPARATOR}"
-        return app_id + SEPARATOR
-    # Any other value is a literal prefix, as in daprd.
-    return strategy + SEPARATOR
 
 
 def _encode(value: bytes) -> tuple[str, bool]:
@@ -137,9 +118,7 @@ class SqliteStateStore:
             )
 
     def _full_key(self, key: str) -> str:
-        if SEPARATOR in key:
-            raise IllegalKey(key)
-        return self._prefix + key
+        return prefixed(self._prefix, key)
 
     async def get(self, key: str) -> StateItem | None:
         """The live value of `key`, or None when missing or expired."""
@@ -239,4 +218,5 @@ DRIVER = Driver(
     required=("connectionString",),
     check=check_metadata,
     open=SqliteStateStore.open,
+    capabilities=("ETAG", "TRANSACTIONAL", "TTL"),
 )
