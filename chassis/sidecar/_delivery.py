@@ -1,212 +1,145 @@
-"""Delivery of pub/sub events to the app through `AppCallback.OnTopicEvent`, as daprd's gRPC subscriber does.
+"""Delivery of pub/sub events to their subscribers, as daprd's subscription loop does.
 
-Once the app port answers, the app's `ListTopicSubscriptions` is read and each (pubsub, topic) becomes a
-consumer group `app-id` in the broker. One loop per pubsub then claims leased messages and calls the app
-(bounded concurrency); SUCCESS acks, RETRY or a gRPC error redelivers with exponential back-off, DROP or
-UNIMPLEMENTED drops (to the subscription's dead-letter topic if it has one). A message whose lease runs
-out (app hung, sidecar killed) is claimed again, so delivery is at-least-once.
+Subscriptions (declarative, the app's programmatic ones, streaming) each bind a pubsub topic to a sink:
+the app channel (gRPC or HTTP) or a stream. The broker's consumer group is the app id. One loop per
+pubsub claims leased messages; each is routed and settled by `_settle` (expiry, CEL routes, ack /
+redeliver / dead-letter) and delivered singly or, for bulkSubscribe, batched per route path. With
+app health checks the app's messages wait in the broker while it is unhealthy. A message whose lease
+runs out (app hung, sidecar killed) is claimed again, so delivery is at-least-once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, Protocol
 
-import grpc
-import grpc.aio
-from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
-from google.protobuf import empty_pb2
 from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 
-from chassis.sidecar import _cloudevents as ce
-from chassis.sidecar._errors import SidecarError
+from chassis.sidecar._app_grpc import Unanswered, app_metadata
+from chassis.sidecar._app_health import AppHealth
+from chassis.sidecar._errors import ComponentError, SidecarError
 from chassis.sidecar._grpc_api import SubscriptionInfo
+from chassis.sidecar._outcomes import Delivery, Outcome, Sink
 from chassis.sidecar._resources import Resources
-from chassis.sidecar._tracing import context_from_traceparent, grpc_trace_bin, traceparent, tracestate
-from chassis.sidecar.components import Message, PubSub, meta_get, parse_duration
+from chassis.sidecar._settle import (
+    BACKOFF_FACTOR,
+    BACKOFF_START,
+    NO_SINK_DELAY,
+    Settler,
+    backoff,
+    backoff_cap,
+    parent_context,
+    prepare,
+)
+from chassis.sidecar._subscriptions import (
+    Subscription,
+    from_topic_subscription,
+    merge,
+)
+from chassis.sidecar._topic_scopes import SUBSCRIPTION, is_allowed
+from chassis.sidecar.components import Message, PubSub
+
+__all__ = ["Deliverer", "Outcome", "app_metadata", "backoff", "parse_subscription"]
 
 log = logging.getLogger("chassis.sidecar.delivery")
 
-BACKOFF_START = 0.1  # seconds before the first redelivery
-BACKOFF_FACTOR = 2.0
-BACKOFF_CAP = 5.0  # unless the component sets redeliverInterval
 MAX_IN_FLIGHT = 32  # per pubsub
-CALL_TIMEOUT = 60.0  # one OnTopicEvent call
 IDLE_WAIT = 1.0  # the broker notices other processes' commits within this (see PubSub.wait)
-# Reconnect fast when the app restarts on the same port (gRPC's default back-off grows to minutes).
-CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
-_STATUS = appcallback_pb2.TopicEventResponse.TopicEventResponseStatus
-_TYPE_EQUALS = re.compile(r"""^\s*event\.type\s*==\s*(?:"([^"\\]*)"|'([^'\\]*)')\s*$""")
-_METADATA_KEY = re.compile(r"^[0-9a-z_.-]+$")
-_TRACE_KEYS = frozenset({"traceparent", "tracestate", "grpc-trace-bin"})
+parse_subscription = from_topic_subscription  # the name the first tests used
 
 
-class Outcome(enum.Enum):
-    """What happens to a message after one delivery attempt."""
+class AppChannel(Sink, Protocol):
+    """The app behind --app-port: readiness, its programmatic subscriptions, and delivery."""
 
-    ACK = "ack"
-    RETRY = "retry"
-    DROP = "drop"
+    async def ready(self) -> bool: ...
 
+    async def subscriptions(self) -> list[Subscription]: ...
 
-Match = Callable[[Mapping[str, Any]], bool]
-
-
-@dataclass(frozen=True)
-class Route:
-    """A routing rule; `match` None always matches (the default route)."""
-
-    path: str
-    match: Match | None = None
+    async def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class Subscription:
-    """One programmatic subscription with its compiled routes."""
-
-    pubsub: str
-    topic: str
-    metadata: dict[str, str]
-    routes: tuple[Route, ...]
-    dead_letter_topic: str
-    info: SubscriptionInfo
-
-    def route(self, event: Mapping[str, Any]) -> str | None:
-        """The path of the first matching rule; None when nothing matches (daprd then drops)."""
-        for rule in self.routes:
-            if rule.match is None or rule.match(event):
-                return rule.path
-        return None
-
-
-def _compile_match(expression: str, where: str) -> Match | None:
-    """Compile a CEL `match`; only `event.type == "..."` is supported yet (None = always true)."""
-    if not expression.strip():
-        return None
-    found = _TYPE_EQUALS.match(expression)
-    if found:
-        wanted = found.group(1) if found.group(1) is not None else found.group(2)
-        return lambda event: event.get("type") == wanted
-    log.warning(
-        '%s: routing rule match %r is not supported by the embedded sidecar yet (only event.type == "...");'
-        " the rule never matches, events go to later rules or the default route",
-        where,
-        expression,
+def info(sub: Subscription) -> SubscriptionInfo:
+    """What the metadata API reports for a subscription."""
+    return SubscriptionInfo(
+        sub.pubsub, sub.topic, dict(sub.metadata), sub.rules(), sub.dead_letter_topic, sub.type
     )
-    return lambda event: False
-
-
-def parse_subscription(sub: appcallback_pb2.TopicSubscription) -> Subscription:
-    """daprd's parseRoutingRulesGRPC: rules in order, then the default, else path '' (gRPC default)."""
-    where = f"subscription {sub.pubsub_name}/{sub.topic}"
-    routes = [Route(rule.path, _compile_match(rule.match, where)) for rule in sub.routes.rules]
-    if sub.routes.default:
-        routes.append(Route(sub.routes.default))
-    if not routes:
-        routes.append(Route(""))
-    rules = tuple((rule.match, rule.path) for rule in sub.routes.rules)
-    if sub.routes.default:
-        rules += (("", sub.routes.default),)
-    info = SubscriptionInfo(sub.pubsub_name, sub.topic, dict(sub.metadata), rules, sub.dead_letter_topic)
-    return Subscription(
-        sub.pubsub_name, sub.topic, dict(sub.metadata), tuple(routes), sub.dead_letter_topic, info
-    )
-
-
-def backoff(attempts: int, cap: float) -> float:
-    """Delay before redelivering a message that failed `attempts` times: 100 ms, x2, capped."""
-    return float(min(cap, BACKOFF_START * BACKOFF_FACTOR ** max(0, attempts - 1)))
-
-
-def app_metadata(
-    message: Mapping[str, str], pubsub: str, span: trace.SpanContext
-) -> list[tuple[str, str | bytes]]:
-    """gRPC metadata for OnTopicEvent: the message metadata, pubsubName, and the delivery span's context."""
-    metadata: list[tuple[str, str | bytes]] = [("pubsubname", pubsub)]
-    for key, value in message.items():
-        key = key.lower()
-        # gRPC only carries lowercase token keys and printable ASCII values; the rest stays in the broker.
-        if key in _TRACE_KEYS or key == "pubsubname" or not _METADATA_KEY.match(key) or key.endswith("-bin"):
-            continue
-        if key.startswith("grpc-") or not value.isascii() or not value.isprintable():
-            continue
-        metadata.append((key, value))
-    metadata.append(("traceparent", traceparent(span)))
-    if state := tracestate(span):
-        metadata.append(("tracestate", state))
-    metadata.append(("grpc-trace-bin", grpc_trace_bin(span)))
-    return metadata
-
-
-def _backoff_cap(resources: Resources, pubsub: str) -> float:
-    for spec in resources.specs:
-        if spec.name == pubsub and (text := meta_get(spec.metadata, "redeliverInterval")):
-            return parse_duration(text)
-    return BACKOFF_CAP
 
 
 class Deliverer:
-    """Feeds the app its subscribed events; one instance per sidecar with an app port."""
+    """Feeds subscribers their events; one per sidecar (the app channel is optional: streams need none)."""
 
     def __init__(
         self,
         *,
         app_id: str,
-        address: str,
         resources: Resources,
         tracer: trace.Tracer,
+        app: AppChannel | None = None,
+        declared: Sequence[Subscription] = (),
         ready: asyncio.Event | None = None,
+        health: AppHealth | None = None,
     ) -> None:
         self.app_id = app_id
-        self.address = address
         self.resources = resources
         self.tracer = tracer
+        self.app = app
+        self.declared = list(declared)
         self.ready = ready or asyncio.Event()  # set once the app answered and is subscribed (healthz)
-        self._subscriptions: list[Subscription] = []
+        self.health = health  # --enable-app-health-check: deliver to the app only while it is healthy
+        self._bindings: dict[str, dict[str, tuple[Subscription, Sink]]] = {}
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._batches: dict[tuple[str, str], _Batch] = {}
+        self._in_flight: dict[str, set[asyncio.Task[None]]] = {}
         self._stopping = asyncio.Event()
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self._stub = appcallback_pb2_grpc.AppCallbackStub(self._channel)  # type: ignore[no-untyped-call]
         self._task: asyncio.Task[None] | None = None
-        self._loops: list[asyncio.Task[None]] = []
         self._grace = 0.0
 
+    # ---- lifecycle ----------------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        """Set when the sidecar stops (streams end then)."""
+        return self._stopping
+
     def subscriptions(self) -> list[SubscriptionInfo]:
-        """The app's subscriptions, for the metadata API."""
-        return [sub.info for sub in self._subscriptions]
+        """Every active subscription, for the metadata API."""
+        return [info(sub) for topics in self._bindings.values() for sub, _ in topics.values()]
 
     def start(self) -> None:
         """Begin in the background: wait for the app, subscribe, deliver."""
-        self._task = asyncio.create_task(self._run(), name="delivery")
-        self._task.add_done_callback(_report_crash)
+        if self.app is not None:
+            self._task = asyncio.create_task(self._run(self.app), name="delivery")
+            self._task.add_done_callback(_report_crash)
+        if self.health is not None:
+            self.health.start()
 
     async def stop(self, grace: float) -> None:
         """Stop claiming, let in-flight deliveries finish for up to `grace` seconds, close the channel."""
         self._grace = grace
         self._stopping.set()
-        tasks = [self._task, *self._loops] if self._task else []
+        tasks = [t for t in [self._task, *self._loops.values()] if t is not None]
         await asyncio.gather(*tasks, return_exceptions=True)  # a crash was logged when it happened
-        await self._channel.close(None)
+        if self.health is not None:
+            await self.health.stop()
+        if self.app is not None:
+            await self.app.close()
 
-    async def _run(self) -> None:
-        if not await self._wait_for_app():
+    async def _run(self, app: AppChannel) -> None:
+        if not await self._wait_for_app(app) or not await self._wait_healthy():
             return
-        subscriptions = await self._list_subscriptions()
-        if subscriptions is None:
+        programmatic = await self._list_subscriptions(app)
+        if programmatic is None:
             return
-        self._loops = await self._subscribe(subscriptions)
+        for sub in merge(self.declared, programmatic):
+            try:
+                await self.add(sub, app)
+            except SidecarError as err:
+                log.error("cannot subscribe to topic %s on pubsub %s: %s", sub.topic, sub.pubsub, err)
         self.ready.set()
-        await asyncio.gather(*self._loops)
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep unless stopping; True when the sidecar is stopping."""
@@ -216,77 +149,109 @@ class Deliverer:
             return False
         return True
 
-    async def _wait_for_app(self) -> bool:
-        """Wait until the app's port accepts a gRPC connection; False if stopped first."""
-        log.info("waiting for the app on %s", self.address)
+    async def _wait_for_app(self, app: AppChannel) -> bool:
+        """Wait until the app's port answers; False if stopped first."""
+        log.info("waiting for the app")
         while not self._stopping.is_set():
-            try:
-                await asyncio.wait_for(self._channel.channel_ready(), 1.0)
-                log.info("app channel to %s is ready", self.address)
+            if await app.ready():
+                log.info("app channel is ready")
                 return True
-            except TimeoutError:
-                continue
+            await self._sleep(0.1)  # a refused connection answers at once: do not spin
         return False
 
-    async def _list_subscriptions(self) -> list[Subscription] | None:
-        """AppCallback.ListTopicSubscriptions, retried until the app answers (UNIMPLEMENTED = none)."""
+    async def _list_subscriptions(self, app: AppChannel) -> list[Subscription] | None:
+        """The app's programmatic subscriptions, asked until it answers; None if stopped first."""
         delay = BACKOFF_START
         while not self._stopping.is_set():
             try:
-                response = await self._stub.ListTopicSubscriptions(empty_pb2.Empty(), timeout=5.0)
-                return [parse_subscription(sub) for sub in response.subscriptions]
-            except grpc.aio.AioRpcError as err:
-                if err.code() == grpc.StatusCode.UNIMPLEMENTED:
-                    log.info("pubsub subscriptions: gRPC app does not implement ListTopicSubscriptions")
-                    return []
-                log.warning("error getting topic list from app: %s: %s", err.code().name, err.details())
+                return await app.subscriptions()
+            except Unanswered as err:
+                log.warning("error getting topic list from app: %s", err)
             if await self._sleep(delay):
                 break
             delay = min(delay * BACKOFF_FACTOR, 2.0)
         return None
 
-    async def _subscribe(self, subscriptions: list[Subscription]) -> list[asyncio.Task[None]]:
-        """Register group=app-id per (pubsub, topic) and start one delivery loop per pubsub."""
-        by_pubsub: dict[str, dict[str, Subscription]] = {}
-        for sub in subscriptions:
-            broker = self.resources.pubsubs.get(sub.pubsub)
-            if broker is None:
-                log.warning("pubsub %s is not found: subscription to topic %s ignored", sub.pubsub, sub.topic)
-                continue
-            try:
-                await broker.subscribe(self.app_id, sub.topic)
-            except SidecarError as err:
-                log.error("cannot subscribe to topic %s on pubsub %s: %s", sub.topic, sub.pubsub, err)
-                continue
-            by_pubsub.setdefault(sub.pubsub, {})[sub.topic] = sub
-            self._subscriptions.append(sub)
-            log.info("app is subscribed to topic %s on pubsub %s", sub.topic, sub.pubsub)
-        loops = []
-        for name, topics in by_pubsub.items():
-            loop = asyncio.create_task(self._loop(name, self.resources.pubsubs[name], topics), name=name)
-            loop.add_done_callback(_report_crash)
-            loops.append(loop)
-        return loops
+    # ---- subscriptions ------------------------------------------------------------------------------
 
-    async def _loop(self, pubsub: str, broker: PubSub, topics: dict[str, Subscription]) -> None:
+    async def add(self, sub: Subscription, sink: Sink) -> None:
+        """Bind `sub` to `sink`: consumer group app-id in the broker, and a delivery loop for its pubsub."""
+        broker = self.resources.pubsubs.get(sub.pubsub)
+        if broker is None:
+            raise ComponentError(f"pubsub {sub.pubsub} is not found")
+        if not is_allowed(sub.topic, self._metadata_of(sub.pubsub), self.app_id, SUBSCRIPTION):
+            raise ComponentError(
+                f"subscription to topic '{sub.topic}' on pubsub '{sub.pubsub}' is not allowed"
+            )
+        await broker.subscribe(self.app_id, sub.topic)
+        self._bindings.setdefault(sub.pubsub, {})[sub.topic] = (sub, sink)
+        log.info("app is subscribed to topic %s on pubsub %s (%s)", sub.topic, sub.pubsub, sub.type.lower())
+        if sub.pubsub not in self._loops and not self._stopping.is_set():
+            loop = asyncio.create_task(self._loop(sub.pubsub, broker), name=f"delivery-{sub.pubsub}")
+            loop.add_done_callback(_report_crash)
+            self._loops[sub.pubsub] = loop
+
+    def _metadata_of(self, pubsub: str) -> dict[str, str]:
+        return next((spec.metadata for spec in self.resources.specs if spec.name == pubsub), {})
+
+    def remove(self, pubsub: str, topic: str, sink: Sink) -> None:
+        """Unbind a topic (a stream ended); its messages wait in the broker for the next subscriber."""
+        bound = self._bindings.get(pubsub, {}).get(topic)
+        if bound is not None and bound[1] is sink:
+            del self._bindings[pubsub][topic]
+            log.info("app is no longer subscribed to topic %s on pubsub %s", topic, pubsub)
+
+    def bound(self, pubsub: str, topic: str) -> bool:
+        return topic in self._bindings.get(pubsub, {})
+
+    # ---- the loop -----------------------------------------------------------------------------------
+
+    async def _loop(self, pubsub: str, broker: PubSub) -> None:
         """Claim and deliver until stopping; then give in-flight deliveries the grace period."""
-        in_flight: set[asyncio.Task[None]] = set()
-        cap = _backoff_cap(self.resources, pubsub)
+        in_flight = self._in_flight.setdefault(pubsub, set())
+        policy = self.resources.resiliency.component_inbound(pubsub, "pubsub")
+        settler = Settler(self.app_id, broker, backoff_cap(self.resources, pubsub), policy)
         try:
             while not self._stopping.is_set():
-                free = MAX_IN_FLIGHT - len(in_flight)
-                if free <= 0:
-                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                free = MAX_IN_FLIGHT - len(in_flight) - self._buffered(pubsub)
+                if free <= 0 or self._only_paused_app(pubsub):
+                    await self._wait_for_room(in_flight)
                     continue
                 messages = await self._claim(broker, free)
                 for message in messages:
-                    task = asyncio.create_task(self._deliver(pubsub, broker, topics, message, cap))
-                    in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
+                    await self._dispatch(pubsub, settler, message)
                 if not messages:
                     await self._idle(broker)
         finally:
-            await self._drain(in_flight)
+            await self._drain(pubsub, settler, in_flight)
+
+    async def _wait_for_room(self, in_flight: set[asyncio.Task[None]]) -> None:
+        """Until a delivery finishes (or a moment passes, when the app is paused or batches are full)."""
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=IDLE_WAIT, return_when=asyncio.FIRST_COMPLETED)
+        else:
+            await self._sleep(0.05)
+
+    def _paused(self, sink: Sink) -> bool:
+        return self.health is not None and sink is self.app and not self.health.healthy.is_set()
+
+    def _only_paused_app(self, pubsub: str) -> bool:
+        """Nothing to claim for: every subscription of this pubsub goes to the app, which is unhealthy."""
+        sinks = [sink for _, sink in self._bindings.get(pubsub, {}).values()]
+        return bool(sinks) and all(self._paused(sink) for sink in sinks)
+
+    async def _wait_healthy(self) -> bool:
+        """With app health checks, wait for the first healthy probe; False if stopped first."""
+        if self.health is None:
+            return True
+        log.info("waiting for the app to report healthy")
+        while not self.health.healthy.is_set():
+            if await self._sleep(0.05):
+                return False
+        return True
+
+    def _buffered(self, pubsub: str) -> int:
+        return sum(len(batch.items) for (name, _), batch in self._batches.items() if name == pubsub)
 
     async def _claim(self, broker: PubSub, limit: int) -> list[Message]:
         try:
@@ -305,7 +270,9 @@ class Deliverer:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _drain(self, in_flight: set[asyncio.Task[None]]) -> None:
+    async def _drain(self, pubsub: str, settler: Settler, in_flight: set[asyncio.Task[None]]) -> None:
+        for key in [key for key in self._batches if key[0] == pubsub]:
+            self._flush(key, settler)
         if not in_flight:
             return
         log.info("waiting up to %.1fs for %d in-flight deliveries", self._grace, len(in_flight))
@@ -314,108 +281,100 @@ class Deliverer:
             task.cancel()  # its lease runs out and the message is delivered again later
         await asyncio.gather(*unfinished, return_exceptions=True)
 
-    async def _deliver(
-        self, pubsub: str, broker: PubSub, topics: dict[str, Subscription], message: Message, cap: float
+    def _spawn(self, pubsub: str, work: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(work)
+        in_flight = self._in_flight.setdefault(pubsub, set())
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+
+    # ---- one message --------------------------------------------------------------------------------
+
+    async def _dispatch(self, pubsub: str, settler: Settler, message: Message) -> None:
+        bound = self._bindings.get(pubsub, {}).get(message.topic)
+        if bound is None:  # nobody listens right now (a stream closed): leave it in the broker
+            await settler.release(message, NO_SINK_DELAY)
+            return
+        sub, sink = bound
+        if self._paused(sink):  # the app turned unhealthy: its messages wait in the broker
+            await settler.release(message, NO_SINK_DELAY)
+            return
+        prepared = prepare(pubsub, sub, message)
+        if isinstance(prepared, Outcome):
+            self._spawn(pubsub, settler.settle(sub, message, prepared))
+        elif sub.bulk is not None:
+            self._add_to_batch(pubsub, sub, sink, settler, message, prepared)
+        else:
+            self._spawn(pubsub, self._deliver_one(sub, sink, settler, message, prepared))
+
+    async def _deliver_one(
+        self, sub: Subscription, sink: Sink, settler: Settler, message: Message, delivery: Delivery
     ) -> None:
-        """One delivery attempt and its outcome; broker failures leave the lease to expire."""
-        sub = topics.get(message.topic)
-        try:
-            outcome = await self._attempt(pubsub, sub, message)
-            if outcome is Outcome.ACK:
-                await broker.ack(self.app_id, message)
-            elif outcome is Outcome.RETRY:
-                await broker.retry(self.app_id, message, backoff(message.attempts, cap))
-            else:
-                await self._drop(broker, sub, message)
-        except SidecarError as err:
-            log.error("pubsub %s: cannot settle message %d: %s", pubsub, message.seq, err)
-
-    async def _attempt(self, pubsub: str, sub: Subscription | None, message: Message) -> Outcome:
-        raw = ce.is_raw_payload(message.metadata) or (sub is not None and ce.is_raw_payload(sub.metadata))
-        event = ce.read_message(message.data, topic=message.topic, pubsub=pubsub, raw=raw)
-        if ce.has_expired(event):
-            log.warning("dropping expired pub/sub event %s on topic %s", event.get("id"), message.topic)
-            return Outcome.DROP
-        path = sub.route(event) if sub is not None else ""
-        if path is None:
-            log.warning(
-                "no route matches pub/sub event %s on topic %s: dropped", event.get("id"), message.topic
-            )
-            return Outcome.DROP
-        try:
-            request = ce.topic_event_request(event, topic=message.topic, pubsub=pubsub, path=path)
-        except ce.EnvelopeError as err:
-            log.warning("cannot read pub/sub event %s on topic %s: %s", event.get("id"), message.topic, err)
-            return Outcome.RETRY
-        parent = _parent_context(event, message.metadata)
-        return await self._call(request, message, parent)
-
-    async def _call(
-        self, request: appcallback_pb2.TopicEventRequest, message: Message, parent: Context
-    ) -> Outcome:
-        """OnTopicEvent inside a `pubsub/<topic>` span continuing the publisher's trace."""
-        attributes = {"messaging.system": "dapr", "messaging.destination.name": request.topic}
+        """One delivery inside a `pubsub/<topic>` span continuing the publisher's trace."""
+        attributes = {"messaging.system": "dapr", "messaging.destination.name": delivery.topic}
+        parent = parent_context(delivery.event, message.metadata)
         with self.tracer.start_as_current_span(
-            f"pubsub/{request.topic}", context=parent, kind=SpanKind.CLIENT, attributes=attributes
+            f"pubsub/{delivery.topic}", context=parent, kind=SpanKind.CLIENT, attributes=attributes
         ) as span:
-            metadata = app_metadata(message.metadata, request.pubsub_name, span.get_span_context())
-            try:
-                response = await self._stub.OnTopicEvent(request, metadata=metadata, timeout=CALL_TIMEOUT)
-            except grpc.aio.AioRpcError as err:
-                span.set_status(Status(StatusCode.ERROR, err.details() or err.code().name))
-                return _error_outcome(request.id, err)
-            return _status_outcome(request.id, response.status)
+            outcome = await sink.deliver(replace(delivery, span=span.get_span_context()))
+        await settler.settle(sub, message, outcome)
 
-    async def _drop(self, broker: PubSub, sub: Subscription | None, message: Message) -> None:
-        """Ack as dropped; the original CloudEvent bytes go to the dead-letter topic first if one is set."""
-        if sub is not None and sub.dead_letter_topic:
-            await broker.publish(sub.dead_letter_topic, message.data, message.metadata)
-            log.info("pub/sub message %d sent to dead-letter topic %s", message.seq, sub.dead_letter_topic)
-        await broker.ack(self.app_id, message)
+    # ---- bulk ---------------------------------------------------------------------------------------
+
+    def _add_to_batch(
+        self,
+        pubsub: str,
+        sub: Subscription,
+        sink: Sink,
+        settler: Settler,
+        message: Message,
+        delivery: Delivery,
+    ) -> None:
+        assert sub.bulk is not None
+        key = (pubsub, f"{sub.topic}\n{delivery.path}")  # daprd sends one bulk request per route path
+        batch = self._batches.get(key)
+        if batch is None:
+            batch = self._batches[key] = _Batch(sub, sink)
+            batch.timer = asyncio.get_running_loop().call_later(sub.bulk.max_await, self._flush, key, settler)
+        batch.items.append((message, delivery))
+        if len(batch.items) >= sub.bulk.max_count:
+            self._flush(key, settler)
+
+    def _flush(self, key: tuple[str, str], settler: Settler) -> None:
+        batch = self._batches.pop(key, None)
+        if batch is None:
+            return
+        if batch.timer is not None:
+            batch.timer.cancel()
+        self._spawn(key[0], self._deliver_batch(batch, settler))
+
+    async def _deliver_batch(self, batch: _Batch, settler: Settler) -> None:
+        messages = [message for message, _ in batch.items]
+        topic = messages[0].topic
+        log.debug("delivering a bulk of %d events on topic %s", len(messages), topic)
+        with self.tracer.start_as_current_span(f"pubsub/{topic}", kind=SpanKind.CLIENT) as span:
+            context = span.get_span_context()
+            deliveries = [replace(d, span=context) for _, d in batch.items]
+            try:
+                outcomes = await batch.sink.deliver_bulk(deliveries)
+            except Exception:  # a bug in a sink must not lose the batch: everything is redelivered
+                log.exception("bulk delivery to topic %s failed", topic)
+                outcomes = [Outcome.RETRY] * len(messages)
+        await asyncio.gather(
+            *(settler.settle(batch.sub, m, o) for m, o in zip(messages, outcomes, strict=True))
+        )
+
+
+class _Batch:
+    """Messages of one bulk subscription and route path waiting to be sent together."""
+
+    def __init__(self, sub: Subscription, sink: Sink) -> None:
+        self.sub = sub
+        self.sink = sink
+        self.items: list[tuple[Message, Delivery]] = []
+        self.timer: asyncio.TimerHandle | None = None
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:
     """Say at once when delivery dies of a bug, rather than at shutdown."""
     if not task.cancelled() and task.exception() is not None:
         log.error("delivery to the app stopped: %r", task.exception(), exc_info=task.exception())
-
-
-def _parent_context(event: Mapping[str, Any], metadata: Mapping[str, str]) -> Context:
-    """The publisher's trace: the CloudEvent's traceparent (or traceid), else the raw message metadata."""
-    for candidate in (event.get("traceparent"), event.get("traceid"), metadata.get("traceparent")):
-        if isinstance(candidate, str) and candidate:
-            state = event.get("tracestate")
-            return context_from_traceparent(candidate, state if isinstance(state, str) else "")
-    return Context()  # no trace to continue: the delivery span starts a new one
-
-
-def _error_outcome(event_id: str, err: grpc.aio.AioRpcError) -> Outcome:
-    if err.code() == grpc.StatusCode.UNIMPLEMENTED:
-        log.warning(
-            "non-retriable error returned from app while processing pub/sub event %s: %s",
-            event_id,
-            err.details(),
-        )
-        return Outcome.DROP
-    log.info(
-        "error returned from app while processing pub/sub event %s: %s %s",
-        event_id,
-        err.code().name,
-        err.details(),
-    )
-    return Outcome.RETRY
-
-
-def _status_outcome(event_id: str, status: int) -> Outcome:
-    if status == _STATUS.SUCCESS:
-        return Outcome.ACK
-    if status == _STATUS.RETRY:
-        log.info("RETRY status returned from app while processing pub/sub event %s", event_id)
-        return Outcome.RETRY
-    if status == _STATUS.DROP:
-        log.warning("DROP status returned from app while processing pub/sub event %s", event_id)
-        return Outcome.DROP
-    log.warning(
-        "unknown status returned from app while processing pub/sub event %s, status: %s", event_id, status
-    )
-    return Outcome.RETRY

@@ -10,24 +10,39 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import grpc.aio
 from dapr.proto.common.v1 import common_pb2
-from dapr.proto.runtime.v1 import dapr_pb2, dapr_pb2_grpc, metadata_pb2, pubsub_pb2, state_pb2
+from dapr.proto.runtime.v1 import (
+    binding_pb2,
+    dapr_pb2,
+    dapr_pb2_grpc,
+    invoke_pb2,
+    metadata_pb2,
+    pubsub_pb2,
+    secret_pb2,
+    state_pb2,
+)
 from google.protobuf import empty_pb2
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from chassis.sidecar import _cloudevents as ce
-from chassis.sidecar import _status
-from chassis.sidecar._errors import EtagInvalid, EtagMismatch, IllegalKey, SidecarError
+from chassis.sidecar import _bulk_publish, _grpc_more, _metrics, _status, _streaming
+from chassis.sidecar._operations import Operations
+from chassis.sidecar._operations import expire_metadata as _expire_metadata
+from chassis.sidecar._operations import state_error as _state_error  # noqa: F401 (kept for importers)
+from chassis.sidecar._operations import ttl as _ttl  # noqa: F401 (kept for importers)
 from chassis.sidecar._resources import DRIVERS, Resources
 from chassis.sidecar._status import ApiError
-from chassis.sidecar._tracing import context_from_metadata, traceparent, tracestate
+from chassis.sidecar._tracing import context_from_metadata
 from chassis.sidecar.components import PubSub, StateStore, TxOp, meta_get
+
+if TYPE_CHECKING:
+    from chassis.sidecar._delivery import Deliverer
+    from chassis.sidecar._outbox import Outbox
+    from chassis.sidecar._registry import AppRegistry
 
 log = logging.getLogger("chassis.sidecar.api")
 
@@ -44,13 +59,14 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 @dataclass(frozen=True)
 class SubscriptionInfo:
-    """One programmatic subscription, as the metadata API reports it."""
+    """One subscription, as the metadata API reports it."""
 
     pubsub: str
     topic: str
     metadata: dict[str, str]
     rules: tuple[tuple[str, str], ...]  # (match, path); the default route has match ''
     dead_letter_topic: str
+    type: str = "PROGRAMMATIC"  # or DECLARATIVE, STREAMING (metadata_pb2.PubsubSubscriptionType)
 
 
 @dataclass
@@ -66,6 +82,9 @@ class ApiContext:
     app_host: str = "127.0.0.1"
     extended: dict[str, str] = field(default_factory=dict)
     subscriptions: Callable[[], Sequence[SubscriptionInfo]] = lambda: ()
+    deliverer: Deliverer | None = None  # where streaming subscriptions bind (set by the sidecar)
+    registry: AppRegistry | None = None  # where InvokeService finds other apps (set by the sidecar)
+    outbox: Outbox | None = None  # transactional outbox of the stores that configure one (set by the sidecar)
 
 
 def _traced(
@@ -94,7 +113,7 @@ def _traced(
         log.debug("%s failed: %s", name, error.message)
         await error.abort(context)
 
-    return wrapper
+    return _metrics.metered(method.__name__, wrapper)
 
 
 def _unimplemented(rpc: str) -> Callable[..., Awaitable[None]]:
@@ -103,32 +122,6 @@ def _unimplemented(rpc: str) -> Callable[..., Awaitable[None]]:
 
     handler.__name__ = rpc
     return handler
-
-
-def _state_error(err: SidecarError, message: str, store: str) -> ApiError:
-    """daprd's stateErrorResponse: ETag mismatch ABORTED, invalid ETag INVALID_ARGUMENT, else INTERNAL."""
-    if isinstance(err, IllegalKey):
-        return _status.illegal_key(store, err.key)
-    if isinstance(err, EtagMismatch):
-        return ApiError(grpc.StatusCode.ABORTED, message, error_code="ERR_STATE_SAVE", http_status=409)
-    if isinstance(err, EtagInvalid):
-        return ApiError(
-            grpc.StatusCode.INVALID_ARGUMENT, message, error_code="ERR_STATE_SAVE", http_status=400
-        )
-    return ApiError(grpc.StatusCode.INTERNAL, message, error_code="ERR_STATE_SAVE", http_status=500)
-
-
-def _ttl(metadata: dict[str, str], store: str) -> int | None:
-    text = meta_get(metadata, "ttlInSeconds")
-    if not text:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        message = (
-            f"failed saving state in state store {store}: incorrect value for metadata 'ttlInSeconds': {text}"
-        )
-        raise ApiError(grpc.StatusCode.INTERNAL, message, error_code="ERR_STATE_SAVE") from None
 
 
 def _etag(item: common_pb2.StateItem | state_pb2.DeleteStateRequest) -> str | None:
@@ -140,38 +133,21 @@ def _first_write(item: common_pb2.StateItem | state_pb2.DeleteStateRequest) -> b
     return item.HasField("options") and item.options.concurrency == _FIRST_WRITE
 
 
-def _expire_metadata(expire_time: datetime | None) -> dict[str, str]:
-    return {"ttlExpireTime": ce.rfc3339(expire_time)} if expire_time else {}
-
-
 class DaprApi(dapr_pb2_grpc.DaprServicer):
     """The Dapr runtime API of one embedded sidecar."""
 
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
-        self._kinds = {spec.name: spec.type for spec in ctx.resources.specs}
+        self.ops = Operations(ctx)  # shared with the HTTP API
+        self._kinds = self.ops.kinds
 
     # ---- components -----------------------------------------------------------------------------
 
     def _store(self, name: str) -> StateStore:
-        stores = self.ctx.resources.state_stores
-        if not stores:
-            raise _status.state_not_configured()
-        if name not in stores:
-            raise _status.state_store_not_found(name)
-        return stores[name]
+        return self.ops.store(name)
 
     def _pubsub(self, name: str, topic: str) -> PubSub:
-        brokers = self.ctx.resources.pubsubs
-        if not brokers:
-            raise _status.pubsub_not_configured()
-        if not name:
-            raise _status.pubsub_name_empty()
-        if name not in brokers:
-            raise _status.pubsub_not_found(name)
-        if not topic:
-            raise _status.pubsub_topic_empty(name, self._kinds.get(name, "pubsub"))
-        return brokers[name]
+        return self.ops.pubsub(name, topic)
 
     # ---- state ----------------------------------------------------------------------------------
 
@@ -179,12 +155,7 @@ class DaprApi(dapr_pb2_grpc.DaprServicer):
     async def GetState(
         self, request: state_pb2.GetStateRequest, context: Context
     ) -> state_pb2.GetStateResponse:
-        store = self._store(request.store_name)
-        try:
-            item = await store.get(request.key)
-        except SidecarError as err:
-            message = f"fail to get {request.key} from state store {request.store_name}: {err}"
-            raise _state_error(err, message, request.store_name) from None
+        item = await self.ops.get_state(request.store_name, request.key)
         if item is None:
             return state_pb2.GetStateResponse()  # daprd: a missing key is empty data and ETag, not an error
         return state_pb2.GetStateResponse(
@@ -193,62 +164,35 @@ class DaprApi(dapr_pb2_grpc.DaprServicer):
 
     @_traced
     async def SaveState(self, request: state_pb2.SaveStateRequest, context: Context) -> empty_pb2.Empty:
-        store = self._store(request.store_name)
+        self._store(request.store_name)  # an unknown store is reported before a bad item
         ops = [self._upsert(item, request.store_name) for item in request.states]
-        try:
-            await self._write(store, ops)
-        except SidecarError as err:
-            message = f"failed saving state in state store {request.store_name}: {err}"
-            raise _state_error(err, message, request.store_name) from None
+        await self.ops.save_state(request.store_name, ops)
         return empty_pb2.Empty()
 
     def _upsert(self, item: common_pb2.StateItem, store: str) -> TxOp:
-        if not item.key:
-            raise _status.invalid_argument("state key cannot be empty")
-        metadata = dict(item.metadata)
-        return TxOp(
-            "upsert",
+        return self.ops.upsert(
+            store,
             item.key,
             item.value,
             etag=_etag(item),
             first_write=_first_write(item),
-            ttl_seconds=_ttl(metadata, store),
+            metadata=dict(item.metadata),
         )
-
-    @staticmethod
-    async def _write(store: StateStore, ops: list[TxOp]) -> None:
-        # One item is a plain set; several go in one transaction (daprd's BulkSet on SQLite is one too).
-        if len(ops) == 1:
-            op = ops[0]
-            await store.set(
-                op.key, op.value, etag=op.etag, first_write=op.first_write, ttl_seconds=op.ttl_seconds
-            )
-        elif ops:
-            await store.transact(ops)
 
     @_traced
     async def DeleteState(self, request: state_pb2.DeleteStateRequest, context: Context) -> empty_pb2.Empty:
-        store = self._store(request.store_name)
-        try:
-            await store.delete(request.key, etag=_etag(request), first_write=_first_write(request))
-        except SidecarError as err:
-            message = f"failed deleting state with key {request.key}: {err}"
-            raise _state_error(err, message, request.store_name) from None
+        await self.ops.delete_state(
+            request.store_name, request.key, etag=_etag(request), first_write=_first_write(request)
+        )
         return empty_pb2.Empty()
 
     @_traced
     async def ExecuteStateTransaction(
         self, request: state_pb2.ExecuteStateTransactionRequest, context: Context
     ) -> empty_pb2.Empty:
-        store = self._store(request.storeName)
+        self._store(request.storeName)  # an unknown store is reported before a bad operation
         ops = [self._transaction_op(op, request.storeName) for op in request.operations]
-        try:
-            await store.transact(ops)
-        except SidecarError as err:
-            # daprd answers INTERNAL here for every failure; we keep ABORTED for an ETag mismatch so
-            # callers can tell a concurrency conflict from a broken store (the chassis relies on it).
-            message = f"error while executing state transaction: {err}"
-            raise _state_error(err, message, request.storeName) from None
+        await self.ops.transact(request.storeName, ops)
         return empty_pb2.Empty()
 
     def _transaction_op(self, op: state_pb2.TransactionalStateOperation, store: str) -> TxOp:
@@ -266,38 +210,36 @@ class DaprApi(dapr_pb2_grpc.DaprServicer):
     async def PublishEvent(
         self, request: pubsub_pb2.PublishEventRequest, context: Context
     ) -> empty_pb2.Empty:
-        broker = self._pubsub(request.pubsub_name, request.topic)
-        kind = self._kinds.get(request.pubsub_name, "pubsub")
-        metadata = dict(request.metadata)
-        data = self._message(request, metadata, kind)
-        try:
-            await broker.publish(request.topic, data, metadata)
-        except SidecarError as err:
-            raise _status.pubsub_publish_failed(request.pubsub_name, kind, request.topic, err) from None
+        await self.ops.publish(
+            request.pubsub_name,
+            request.topic,
+            request.data,
+            request.data_content_type,
+            dict(request.metadata),
+        )
         return empty_pb2.Empty()
 
     def _message(self, request: pubsub_pb2.PublishEventRequest, metadata: dict[str, str], kind: str) -> bytes:
-        """The bytes stored in the broker: the CloudEvent JSON, or the payload itself for rawPayload."""
-        span = trace.get_current_span().get_span_context()
-        if ce.is_raw_payload(metadata):
-            # Without an envelope the trace context travels in the message metadata (daprd does the same).
-            metadata.setdefault("traceparent", traceparent(span))
-            return request.data
-        try:
-            envelope = ce.new_envelope(
-                source=self.ctx.app_id,
-                topic=request.topic,
-                pubsub=request.pubsub_name,
-                content_type=request.data_content_type,
-                data=request.data,
-                traceparent=traceparent(span),
-                tracestate=tracestate(span),
-                metadata=metadata,
-            )
-        except ce.EnvelopeError:
-            raise _status.pubsub_cloudevent_creation(request.pubsub_name, kind) from None
-        ce.apply_ttl(envelope, metadata)
-        return ce.go_json(envelope)
+        """The bytes stored in the broker for one request (kept for the bulk/outbox callers)."""
+        return self.ops.message(
+            request.pubsub_name, request.topic, request.data, request.data_content_type, metadata
+        )
+
+    @_traced
+    async def BulkPublishEvent(
+        self, request: pubsub_pb2.BulkPublishRequest, context: Context
+    ) -> pubsub_pb2.BulkPublishResponse:
+        return await _bulk_publish.bulk_publish(self.ctx, self.ops, request, "BulkPublishEvent")
+
+    @_traced
+    async def BulkPublishEventAlpha1(
+        self, request: pubsub_pb2.BulkPublishRequest, context: Context
+    ) -> pubsub_pb2.BulkPublishResponse:
+        return await _bulk_publish.bulk_publish(self.ctx, self.ops, request, "BulkPublishEventAlpha1")
+
+    async def SubscribeTopicEventsAlpha1(self, request_iterator: object, context: Context) -> None:
+        """Bidirectional stream (in _streaming); no span for the whole stream, one per delivery."""
+        await _streaming.subscribe_topic_events(self.ctx, context)
 
     # ---- metadata and lifecycle -----------------------------------------------------------------
 
@@ -314,6 +256,44 @@ class DaprApi(dapr_pb2_grpc.DaprServicer):
         self.ctx.extended[request.key] = request.value
         return empty_pb2.Empty()
 
+    # ---- bulk state, bindings, secrets, InvokeService (in _grpc_more) ---------------------------
+
+    @_traced
+    async def GetBulkState(
+        self, request: state_pb2.GetBulkStateRequest, context: Context
+    ) -> state_pb2.GetBulkStateResponse:
+        return await _grpc_more.get_bulk_state(self, request)
+
+    @_traced
+    async def DeleteBulkState(
+        self, request: state_pb2.DeleteBulkStateRequest, context: Context
+    ) -> empty_pb2.Empty:
+        return await _grpc_more.delete_bulk_state(self, request)
+
+    @_traced
+    async def InvokeBinding(
+        self, request: binding_pb2.InvokeBindingRequest, context: Context
+    ) -> binding_pb2.InvokeBindingResponse:
+        return await _grpc_more.invoke_binding(self, request)
+
+    @_traced
+    async def GetSecret(
+        self, request: secret_pb2.GetSecretRequest, context: Context
+    ) -> secret_pb2.GetSecretResponse:
+        return await _grpc_more.get_secret(self, request)
+
+    @_traced
+    async def GetBulkSecret(
+        self, request: secret_pb2.GetBulkSecretRequest, context: Context
+    ) -> secret_pb2.GetBulkSecretResponse:
+        return await _grpc_more.get_bulk_secret(self, request)
+
+    @_traced
+    async def InvokeService(
+        self, request: invoke_pb2.InvokeServiceRequest, context: Context
+    ) -> common_pb2.InvokeResponse:
+        return await _grpc_more.invoke_service(self, request)
+
     @_traced
     async def Shutdown(self, request: dapr_pb2.ShutdownRequest, context: Context) -> empty_pb2.Empty:
         log.info("shutdown requested through the API")
@@ -324,6 +304,8 @@ class DaprApi(dapr_pb2_grpc.DaprServicer):
 IMPLEMENTED = frozenset(
     {"GetState", "SaveState", "DeleteState", "ExecuteStateTransaction", "PublishEvent"}
     | {"GetMetadata", "SetMetadata", "Shutdown"}
+    | _grpc_more.RPCS
+    | {"BulkPublishEvent", "BulkPublishEventAlpha1", "SubscribeTopicEventsAlpha1"}
 )
 for _method in dapr_pb2.DESCRIPTOR.services_by_name["Dapr"].methods:
     if _method.name not in IMPLEMENTED:
@@ -370,5 +352,5 @@ def _subscription(sub: SubscriptionInfo) -> metadata_pb2.PubsubSubscription:
         metadata=sub.metadata,
         rules=metadata_pb2.PubsubSubscriptionRules(rules=rules),
         dead_letter_topic=sub.dead_letter_topic,
-        type=metadata_pb2.PROGRAMMATIC,
+        type=metadata_pb2.PubsubSubscriptionType.Value(sub.type),
     )

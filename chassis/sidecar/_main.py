@@ -24,10 +24,16 @@ from dapr.proto.runtime.v1 import dapr_pb2_grpc
 from opentelemetry.trace import Tracer
 
 from chassis._errors import ConfigError
-from chassis.sidecar._delivery import Deliverer
+from chassis.sidecar import _app_health, _auth, _limits
+from chassis.sidecar._app_grpc import GrpcApp
+from chassis.sidecar._bindings import InputBindings
+from chassis.sidecar._delivery import AppChannel, Deliverer
 from chassis.sidecar._errors import ResourceError, SidecarError
 from chassis.sidecar._grpc_api import ApiContext, DaprApi, SubscriptionInfo
 from chassis.sidecar._http_api import HttpApi
+from chassis.sidecar._http_app import HttpApp
+from chassis.sidecar._metrics import serve_metrics
+from chassis.sidecar._outbox import start_outbox
 from chassis.sidecar._proxy import AppProxy
 from chassis.sidecar._registry import AppRegistry, default_registry_path
 from chassis.sidecar._resources import Resources, open_resources
@@ -36,6 +42,7 @@ from chassis.sidecar._tracing import flush_tracing, setup_tracing
 log = logging.getLogger("chassis.sidecar")
 
 HOST = "127.0.0.1"
+APP_PROTOCOLS = ("grpc", "http")
 DRAIN_GRACE = 10.0  # seconds in-flight deliveries get to finish on stop
 SERVER_GRACE = 5.0  # seconds in-flight API calls get to finish on stop
 _LOG_LEVELS = {
@@ -59,7 +66,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--app-port", type=int, help="the app's gRPC port (enables delivery and healthz gating)"
     )
-    parser.add_argument("--app-protocol", default="grpc", help="only grpc is supported yet")
+    parser.add_argument("--app-protocol", default="grpc", help="grpc or http (default %(default)s)")
     parser.add_argument("--app-host", default=HOST, help="the app's host (default %(default)s)")
     parser.add_argument("--dapr-grpc-port", type=int, default=50001, help="default %(default)s")
     parser.add_argument("--dapr-http-port", type=int, default=3500, help="default %(default)s")
@@ -73,7 +80,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--log-level", default="info", choices=sorted(_LOG_LEVELS), help="default %(default)s"
     )
+    parser.add_argument(
+        "--dapr-listen-addresses",
+        default=_auth.DEFAULT_LISTEN,
+        help="comma-separated hosts the APIs listen on (default %(default)s: loopback only)",
+    )
+    parser.add_argument(
+        "--max-body-size",
+        type=_body_size,
+        default=_limits.DEFAULT_MAX_BODY_SIZE,
+        help="largest request body/message accepted, e.g. 4Mi, 16Mi (default %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on /metrics here (default: no metrics)"
+    )
+    _app_health.add_arguments(parser)
     return parser.parse_args(argv)
+
+
+def _body_size(text: str) -> int:
+    try:
+        return _limits.parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _resource_paths(given: list[str] | None) -> list[Path]:
@@ -88,9 +117,9 @@ def _resource_paths(given: list[str] | None) -> list[Path]:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.app_protocol != "grpc":
+    if args.app_protocol not in APP_PROTOCOLS:
         raise StartupError(
-            f"--app-protocol {args.app_protocol} is not supported yet by the embedded sidecar (use grpc)"
+            f"--app-protocol {args.app_protocol} is not supported by the embedded sidecar (use grpc or http)"
         )
     for flag, port in (("--dapr-grpc-port", args.dapr_grpc_port), ("--dapr-http-port", args.dapr_http_port)):
         _check_port_free(flag, port)
@@ -140,9 +169,8 @@ class Sidecar:
             raise StartupError(str(err)) from None
         self._stack.callback(flush_tracing)
         try:
-            resources = await open_resources(
-                _resource_paths(args.resources_path), app_id=args.app_id, base_dir=Path.cwd()
-            )
+            paths = _resource_paths(args.resources_path)
+            resources = await open_resources(paths, app_id=args.app_id, base_dir=Path.cwd())
         except ResourceError as err:
             raise StartupError(str(err)) from None
         self._stack.push_async_callback(resources.close)
@@ -162,58 +190,108 @@ class Sidecar:
             app_host=args.app_host,
             subscriptions=self._subscriptions,
         )
+        ctx.deliverer = self._make_deliverer(resources, tracer, app_ready)  # streams bind to it
+        ctx.outbox = await start_outbox(self._stack, resources, app_id=args.app_id)  # before serving
         await self._serve_grpc(ctx, registry)
         await self._serve_http(ctx, app_ready)
+        ctx.registry = registry  # InvokeService looks other apps up there
         await self._register(registry)
-        self._start_delivery(resources, tracer, app_ready)
+        self._start_bindings(resources, tracer)
+        await self._serve_metrics()
+        self._start_delivery()
+
+    async def _serve_metrics(self) -> None:
+        """daprd serves metrics on :9090 by default; the embedded sidecar only given --metrics-port."""
+        port = self.args.metrics_port
+        if port is None:
+            return
+        try:
+            runner = await serve_metrics(HOST, port)
+        except OSError as err:
+            problem = f"cannot listen on {HOST}:{port}: {err.strerror}"
+            raise StartupError(f"--metrics-port {port}: {problem}") from None
+        self._stack.push_async_callback(runner.cleanup)
+
+    def _start_bindings(self, resources: Resources, tracer: Tracer) -> None:
+        """Input bindings feed the app (gRPC OnBindingEvent or HTTP POST /<binding>)."""
+        bindings = InputBindings(
+            resources=resources,
+            address=self.app_address,
+            tracer=tracer,
+            app_id=self.args.app_id,
+            protocol=self.args.app_protocol,
+        )
+        bindings.start()
+        self._stack.push_async_callback(bindings.stop)
 
     def _subscriptions(self) -> Sequence[SubscriptionInfo]:
         return self._deliverer.subscriptions() if self._deliverer else ()
 
-    def _start_delivery(self, resources: Resources, tracer: Tracer, ready: asyncio.Event | None) -> None:
-        if self.app_address is None:
-            return
+    def _make_deliverer(self, resources: Resources, tracer: Tracer, ready: asyncio.Event | None) -> Deliverer:
+        app: AppChannel | None = None
+        if self.app_address is not None:
+            app = HttpApp(self.app_address) if self.args.app_protocol == "http" else GrpcApp(self.app_address)
         self._deliverer = Deliverer(
-            app_id=self.args.app_id, address=self.app_address, resources=resources, tracer=tracer, ready=ready
+            app_id=self.args.app_id,
+            resources=resources,
+            tracer=tracer,
+            app=app,
+            declared=resources.subscriptions,
+            ready=ready,
+            health=_app_health.from_args(self.args, self.app_address),
         )
+        return self._deliverer
+
+    def _start_delivery(self) -> None:
+        assert self._deliverer is not None
         self._deliverer.start()
         # Stopped first (last in): handlers may still publish or save state while they drain.
         self._stack.push_async_callback(self._deliverer.stop, DRAIN_GRACE)
 
     async def _serve_grpc(self, ctx: ApiContext, registry: AppRegistry) -> None:
         # so_reuseport off: a second sidecar on the same port must fail, not silently share it.
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        token = _auth.api_token()
+        server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0), *_limits.grpc_options(self.args.max_body_size)],
+            interceptors=[_auth.TokenInterceptor(token)] if token else None,
+        )
         dapr_pb2_grpc.add_DaprServicer_to_server(DaprApi(ctx), server)  # type: ignore[no-untyped-call]
         proxy = AppProxy(
-            registry=registry, tracer=ctx.tracer, app_id=ctx.app_id, app_address=self.app_address
+            registry=registry,
+            tracer=ctx.tracer,
+            app_id=ctx.app_id,
+            app_address=self.app_address,
+            resiliency=ctx.resources.resiliency,
         )
         server.add_generic_rpc_handlers((proxy,))  # after the Dapr service: only unknown methods reach it
-        address = f"{HOST}:{self.args.dapr_grpc_port}"
-        try:
-            server.add_insecure_port(address)
-        except RuntimeError:
-            raise StartupError(
-                f"--dapr-grpc-port {self.args.dapr_grpc_port}: cannot listen on {address}"
-            ) from None
+        for host in _auth.listen_hosts(self.args.dapr_listen_addresses):
+            address = _auth.host_port(host, self.args.dapr_grpc_port)
+            try:
+                server.add_insecure_port(address)
+            except RuntimeError:
+                raise StartupError(
+                    f"--dapr-grpc-port {self.args.dapr_grpc_port}: cannot listen on {address}"
+                ) from None
         await server.start()
         self._stack.push_async_callback(proxy.close)
         self._stack.push_async_callback(server.stop, SERVER_GRACE)
-        log.info("gRPC API listening on %s", address)
+        log.info("gRPC API listening on %s", self.args.dapr_listen_addresses)
 
     async def _serve_http(self, ctx: ApiContext, app_ready: asyncio.Event | None) -> None:
-        api = HttpApi(ctx, app_ready)
+        api = HttpApi(ctx, app_ready, api_token=_auth.api_token(), max_body_size=self.args.max_body_size)
         runner = web.AppRunner(api.application(), access_log=None, handle_signals=False)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, HOST, self.args.dapr_http_port)
-        try:
-            await site.start()
-        except OSError as err:
-            port = self.args.dapr_http_port
-            raise StartupError(
-                f"--dapr-http-port {port}: cannot listen on {HOST}:{port}: {err.strerror}"
-            ) from None
-        log.info("HTTP API listening on %s:%d", HOST, self.args.dapr_http_port)
+        port = self.args.dapr_http_port
+        for host in _auth.listen_hosts(self.args.dapr_listen_addresses):
+            site = web.TCPSite(runner, host, port)
+            try:
+                await site.start()
+            except OSError as err:
+                raise StartupError(
+                    f"--dapr-http-port {port}: cannot listen on {host}:{port}: {err.strerror}"
+                ) from None
+        log.info("HTTP API listening on %s port %d", self.args.dapr_listen_addresses, port)
 
     async def _register(self, registry: AppRegistry) -> None:
         if self.app_address is None:

@@ -18,7 +18,9 @@ import grpc.aio
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from chassis.sidecar._auth import app_interceptors
 from chassis.sidecar._registry import AppRegistry
+from chassis.sidecar._resiliency import CircuitOpen, Policy, Resiliency
 from chassis.sidecar._tracing import (
     context_from_metadata,
     grpc_trace_bin,
@@ -93,6 +95,13 @@ def _timeout(context: Behavior) -> float | None:
     return None if remaining is None or math.isinf(remaining) else max(remaining, 0.0)
 
 
+def _shortest(remaining: float | None, policy: Policy) -> float | None:
+    """The caller's deadline or the policy's timeout, whichever ends first."""
+    if policy.timeout is None:
+        return remaining
+    return policy.timeout if remaining is None else min(remaining, policy.timeout)
+
+
 async def _requests(iterator: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     async for message in iterator:
         yield message
@@ -102,8 +111,15 @@ class AppProxy(_GenericHandler):
     """Serves every method the Dapr servicer does not, when the call names a target with `dapr-app-id`."""
 
     def __init__(
-        self, *, registry: AppRegistry, tracer: trace.Tracer, app_id: str, app_address: str | None
+        self,
+        *,
+        registry: AppRegistry,
+        tracer: trace.Tracer,
+        app_id: str,
+        app_address: str | None,
+        resiliency: Resiliency | None = None,
     ) -> None:
+        self._resiliency = resiliency or Resiliency()  # apps.<id> policies: timeout and circuit breaker
         self._registry = registry
         self._tracer = tracer
         self._app_id = app_id
@@ -132,7 +148,9 @@ class AppProxy(_GenericHandler):
     def _channel(self, address: str) -> grpc.aio.Channel:
         # One channel per target address, kept for the sidecar's life (HTTP/2 multiplexes the calls).
         if address not in self._channels:
-            self._channels[address] = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self._channels[address] = grpc.aio.insecure_channel(
+                address, options=CHANNEL_OPTIONS, interceptors=app_interceptors()
+            )
         return self._channels[address]
 
     async def _resolve(self, app_id: str) -> str | None:
@@ -160,14 +178,27 @@ class AppProxy(_GenericHandler):
             stub = self._channel(address).stream_stream(
                 method, request_serializer=None, response_deserializer=None
             )
-            call = stub(_requests(requests), metadata=outgoing, timeout=_timeout(context))
+            policy = await self._admit(app_id, context)
+            call = stub(_requests(requests), metadata=outgoing, timeout=_shortest(_timeout(context), policy))
             failure = await self._relay(call, context)
+            if policy.breaker:
+                policy.breaker.after(failure is None)
             if failure is not None:
                 span.set_status(Status(StatusCode.ERROR, failure.details() or failure.code().name))
         if failure is not None:
             await context.abort(
                 failure.code(), failure.details() or "", tuple(passthrough(failure.trailing_metadata()))
             )
+
+    async def _admit(self, app_id: str, context: Behavior) -> Policy:
+        """The target's app policy; an open circuit breaker fails the call at once (no retries: streams)."""
+        policy = self._resiliency.app(app_id)
+        if policy.breaker:
+            try:
+                policy.breaker.before()
+            except CircuitOpen as err:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"{err} for app {app_id}")
+        return policy
 
     def _outgoing(self, incoming: object, span: trace.SpanContext) -> list[tuple[str, str | bytes]]:
         outgoing = passthrough(incoming)

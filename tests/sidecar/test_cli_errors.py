@@ -67,10 +67,11 @@ def test_missing_resources_folder(tmp_path: Path) -> None:
     assert_one_line_failure(run_sidecar(tmp_path, "--resources-path", str(missing)), str(missing))
 
 
-def test_http_app_protocol_is_not_supported_yet(tmp_path: Path) -> None:
+def test_an_unsupported_app_protocol_is_refused(tmp_path: Path) -> None:
+    # grpc and http are served (tests/sidecar/test_http_app.py); daprd's TLS/h2c variants are not.
     components = embedded_components(tmp_path / "components")
-    result = run_sidecar(tmp_path, "--resources-path", str(components), "--app-protocol", "http")
-    assert_one_line_failure(result, "--app-protocol http", "not supported yet")
+    result = run_sidecar(tmp_path, "--resources-path", str(components), "--app-protocol", "grpcs")
+    assert_one_line_failure(result, "--app-protocol grpcs", "not supported")
 
 
 @pytest.fixture

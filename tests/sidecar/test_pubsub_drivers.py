@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from nats_support import NATS_URL, delete_stream, require_nats, unique_stream
+from rabbitmq_support import RABBITMQ_URL, delete_marked, require_rabbitmq
+from rabbitmq_support import unique as rabbitmq_unique
 from redis_support import REDIS_HOST, delete_containing, require_redis, unique
 
 from chassis.sidecar._errors import ComponentError, InvalidMetadata
@@ -51,10 +54,16 @@ async def main(role, kind, metadata, topic, *args):
             seqs += [m.seq for m in batch]
             await asyncio.sleep(0.001)  # "work", so the two consumers overlap
         print(json.dumps(seqs), flush=True)
+        # Stay connected until told: brokers that track deliveries per connection (RabbitMQ) give
+        # unacknowledged messages back on close, and the other consumer would claim them again.
+        sys.stdin.readline()
     await broker.close()
 
 asyncio.run(main(*sys.argv[1:]))
 """
+
+
+MAX_LEN = "<the driver's backlog bound>"
 
 
 @dataclass
@@ -66,6 +75,7 @@ class Backend:
     base_dir: Path
     marker: str  # in every topic a case uses, so a shared server can be cleaned up
     trim_slack: int  # how far beyond maxLenApprox the backlog may grow before the driver trims
+    max_len: str | None = "maxLenApprox"  # the driver's metadata bounding the backlog (None: none)
 
     def topic(self, label: str = "t") -> str:
         return f"{label}-{self.marker}"
@@ -77,12 +87,32 @@ class Backend:
         return cast(PubSub, broker)
 
 
-@pytest.fixture(params=["pubsub.sqlite", "pubsub.redis"])
+@pytest.fixture(scope="module")
+def rabbitmq_cleanup() -> Iterator[None]:
+    """Listing RabbitMQ's queues is slow: delete this module's exchanges and queues once, at its end."""
+    yield
+    delete_marked()
+
+
+@pytest.fixture(params=["pubsub.sqlite", "pubsub.redis", "pubsub.rabbitmq", "pubsub.jetstream"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     marker = unique("topic")
     if request.param == "pubsub.sqlite":
         metadata = {"connectionString": "pubsub.db"}
         yield Backend("pubsub.sqlite", metadata, tmp_path, marker, pubsub_sqlite.TRIM_EVERY)
+        return
+    if request.param == "pubsub.rabbitmq":
+        require_rabbitmq()
+        request.getfixturevalue("rabbitmq_cleanup")
+        # x-max-length drops the oldest message at once: no slack.
+        metadata = {"connectionString": RABBITMQ_URL}
+        yield Backend("pubsub.rabbitmq", metadata, tmp_path, rabbitmq_unique("topic"), 1, "maxLen")
+        return
+    if request.param == "pubsub.jetstream":
+        require_nats()
+        metadata = {"natsURL": NATS_URL, "streamName": unique_stream()}
+        yield Backend("pubsub.jetstream", metadata, tmp_path, marker, 0, None)  # no backlog bound
+        delete_stream(metadata["streamName"])
         return
     require_redis()
     # Redis trims whole stream nodes: stream-node-max-entries, 100 by default.
@@ -249,8 +279,10 @@ async def test_wait_honours_the_timeout(broker: PubSub, backend: Backend) -> Non
 
 
 async def test_max_len_approx_trims_the_oldest(backend: Backend) -> None:
+    if backend.max_len is None:
+        pytest.skip(f"{backend.kind} has no backlog bound")
     topic = backend.topic()
-    broker = await backend.open(maxLenApprox="10")
+    broker = await backend.open(**{backend.max_len: "10"})
     try:
         await broker.subscribe("g", topic)
         for i in range(128):
@@ -268,10 +300,14 @@ async def test_max_len_approx_trims_the_oldest(backend: Backend) -> None:
         ({"processingTimeout": "soon"}, "processingTimeout"),
         ({"processingTimeout": "0s"}, "processingTimeout"),
         ({"redeliverInterval": "1y"}, "redeliverInterval"),
-        ({"maxLenApprox": "-5"}, "maxLenApprox"),
+        ({MAX_LEN: "-5"}, MAX_LEN),
     ],
 )
 async def test_invalid_metadata(backend: Backend, metadata: dict[str, str], field: str) -> None:
+    if field == MAX_LEN:  # each driver names its backlog bound its own way
+        if backend.max_len is None:
+            pytest.skip(f"{backend.kind} has no backlog bound")
+        metadata, field = {backend.max_len: metadata[MAX_LEN]}, backend.max_len
     with pytest.raises(InvalidMetadata) as caught:
         await backend.open(**metadata)
     assert caught.value.field == field
@@ -324,6 +360,10 @@ async def test_competing_consumers_never_claim_the_same_message(
         proc.stdin.write("go\n")
         proc.stdin.flush()
     claimed = [set(json.loads(await asyncio.to_thread(read_line, proc))) for proc in consumers]
+    for proc in consumers:
+        assert proc.stdin is not None
+        proc.stdin.write("done\n")
+        proc.stdin.flush()
     assert claimed[0].isdisjoint(claimed[1])
     assert len(claimed[0] | claimed[1]) == 500
     assert all(claimed), "both consumers should have won some claims"

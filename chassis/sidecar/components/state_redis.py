@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from chassis.sidecar._errors import ComponentError, EtagInvalid, EtagMismatch, InvalidMetadata
-from chassis.sidecar.components import Driver, StateItem, TxOp, meta_get
+from chassis.sidecar.components import BatchWriteStore, Driver, StateItem, TxOp, meta_get
 from chassis.sidecar.components._common import check_key_prefix, key_prefix, prefixed
 from chassis.sidecar.components._redis import check_connection, connect, ping, redis_errors
 
@@ -99,7 +99,7 @@ def _etag_arg(etag: str | None) -> str:
         raise EtagInvalid(f"invalid etag value {etag!r}: the redis store uses integer etags") from None
 
 
-class RedisStateStore:
+class RedisStateStore(BatchWriteStore):
     """A state store in one Redis database; keys are `<prefix><key>` hashes."""
 
     def __init__(
@@ -148,29 +148,7 @@ class RedisStateStore:
         expire = datetime.now(UTC) + timedelta(milliseconds=ttl_ms) if ttl_ms > 0 else None
         return StateItem(key=key, value=fields[b"data"], etag=fields[b"version"].decode(), expire_time=expire)
 
-    async def set(
-        self,
-        key: str,
-        value: bytes,
-        *,
-        etag: str | None = None,
-        first_write: bool = False,
-        ttl_seconds: int | None = None,
-    ) -> str:
-        """Upsert `key` under the ETag rules; returns the new ETag."""
-        op = TxOp("upsert", key, value, etag=etag, first_write=first_write, ttl_seconds=ttl_seconds)
-        etags = await self._apply([op])
-        return etags[0]
-
-    async def delete(self, key: str, *, etag: str | None = None, first_write: bool = False) -> None:
-        """Delete `key` under the ETag rules; deleting a missing key without an ETag is a no-op."""
-        await self._apply([TxOp("delete", key, etag=etag, first_write=first_write)])
-
-    async def transact(self, ops: Sequence[TxOp]) -> None:
-        """Apply every operation or none; EtagMismatch if any ETag check fails."""
-        await self._apply(ops)
-
-    async def _apply(self, ops: Sequence[TxOp]) -> list[str]:
+    async def write(self, ops: Sequence[TxOp]) -> list[str]:
         """Run the write script; everything is validated first, so a bad operation writes nothing."""
         keys = [self._full_key(op.key) for op in ops]
         args: list[str | bytes] = []

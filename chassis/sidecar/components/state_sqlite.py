@@ -17,7 +17,7 @@ from pathlib import Path
 
 from chassis.sidecar._errors import ComponentError, EtagMismatch, InvalidMetadata
 from chassis.sidecar._sqlite import DEFAULT_BUSY_TIMEOUT, SqliteWorker, resolve_database, write_transaction
-from chassis.sidecar.components import Driver, StateItem, TxOp, meta_get, parse_duration
+from chassis.sidecar.components import BatchWriteStore, Driver, StateItem, TxOp, meta_get, parse_duration
 from chassis.sidecar.components._common import check_key_prefix, key_prefix, prefixed
 
 __all__ = ["DRIVER", "SqliteStateStore"]
@@ -79,7 +79,7 @@ def _ttl_modifier(ttl_seconds: int | None) -> str | None:
     return f"+{int(ttl_seconds)} seconds"
 
 
-class SqliteStateStore:
+class SqliteStateStore(BatchWriteStore):
     """A state store in one SQLite table; all SQL runs on the store's worker thread."""
 
     def __init__(
@@ -139,29 +139,10 @@ class SqliteStateStore:
         row: tuple[str, int, str, str | None] | None = cursor.fetchone()
         return row
 
-    async def set(
-        self,
-        key: str,
-        value: bytes,
-        *,
-        etag: str | None = None,
-        first_write: bool = False,
-        ttl_seconds: int | None = None,
-    ) -> str:
-        """Upsert `key` under the ETag rules; returns the new ETag."""
-        op = TxOp("upsert", key, value, etag=etag, first_write=first_write, ttl_seconds=ttl_seconds)
-        etags = await self._worker.run(self._apply, [self._prepared(op)])
-        return etags[0]
-
-    async def delete(self, key: str, *, etag: str | None = None, first_write: bool = False) -> None:
-        """Delete `key` under the ETag rules; deleting a missing key without an ETag is a no-op."""
-        op = TxOp("delete", key, etag=etag, first_write=first_write)
-        await self._worker.run(self._apply, [self._prepared(op)])
-
-    async def transact(self, ops: Sequence[TxOp]) -> None:
-        """Apply every operation or none; EtagMismatch if any ETag check fails."""
+    async def write(self, ops: Sequence[TxOp]) -> list[str]:
+        """All operations in one SQLite transaction on the worker thread."""
         prepared = [self._prepared(op) for op in ops]
-        await self._worker.run(self._apply, prepared)
+        return await self._worker.run(self._apply, prepared)
 
     def _prepared(self, op: TxOp) -> TxOp:
         """Validate on the event loop (cheap) and swap in the prefixed key."""
