@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,7 +29,7 @@ from chassis.sidecar.components.state_in_memory import Entry, InMemoryStateStore
 
 
 @dataclass
-class Backend:
+class Backend(ABC):
     """How the shared cases open one driver and look underneath it."""
 
     kind: str
@@ -58,13 +59,13 @@ class Backend:
         if not DRIVERS[self.kind].shared_across_processes:
             pytest.skip(f"{self.kind} keeps its data in one process: separate instances share nothing")
 
+    @abstractmethod
     async def expire_now(self, stored_key: str) -> None:
         """Make a stored value expire now, as if its TTL had run out."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def stored(self) -> dict[str, Any]:
         """Everything this case stored, by stored key, read without the driver."""
-        raise NotImplementedError
 
 
 class SqliteBackend(Backend):
