@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from chassis.testing import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 EMBEDDED_COMPONENTS = REPO / "dapr" / "components" / "embedded"
 APPS = Path(__file__).resolve().parent / "apps"
@@ -49,14 +51,6 @@ spec:
   - name: redeliverInterval
     value: "500ms"
 """
-
-
-def free_port() -> int:
-    """A port the OS just reported free on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
