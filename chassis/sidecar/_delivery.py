@@ -47,7 +47,7 @@ __all__ = ["Deliverer", "Outcome", "app_metadata", "backoff", "parse_subscriptio
 
 log = logging.getLogger("chassis.sidecar.delivery")
 
-MAX_IN_FLIGHT = 32  # per pubsub
+MAX_IN_FLIGHT = 32  # per pubsub; a bulk subscription may hold two full batches on top (see _room)
 IDLE_WAIT = 1.0  # the broker notices other processes' commits within this (see PubSub.wait)
 parse_subscription = from_topic_subscription  # the name the first tests used
 
@@ -213,7 +213,7 @@ class Deliverer:
         settler = Settler(self.app_id, broker, backoff_cap(self.resources, pubsub), policy)
         try:
             while not self._stopping.is_set():
-                free = MAX_IN_FLIGHT - len(in_flight) - self._buffered(pubsub)
+                free = self._room(pubsub) - len(in_flight) - self._buffered(pubsub)
                 if free <= 0 or self._only_paused_app(pubsub):
                     await self._wait_for_room(in_flight)
                     continue
@@ -249,6 +249,15 @@ class Deliverer:
             if await self._sleep(0.05):
                 return False
         return True
+
+    def _room(self, pubsub: str) -> int:
+        """How many messages of `pubsub` may be claimed and not yet settled.
+
+        A bulk subscription must be able to fill a batch (and claim the next while one is out), or a
+        `maxMessagesCount` above the plain limit would only ever be reached by its `maxAwaitDurationMs`.
+        """
+        batches = [sub.bulk.max_count for sub, _ in self._bindings.get(pubsub, {}).values() if sub.bulk]
+        return MAX_IN_FLIGHT + 2 * max(batches, default=0)
 
     def _buffered(self, pubsub: str) -> int:
         return sum(len(batch.items) for (name, _), batch in self._batches.items() if name == pubsub)

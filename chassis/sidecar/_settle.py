@@ -9,6 +9,7 @@ resiliency policy), publish the original CloudEvent bytes to that topic and ack.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
 from collections.abc import Mapping
@@ -32,6 +33,10 @@ BACKOFF_START = 0.1  # seconds before the first redelivery
 BACKOFF_FACTOR = 2.0
 BACKOFF_CAP = 5.0  # unless the component sets redeliverInterval
 NO_SINK_DELAY = 1.0  # a claimed message whose subscriber is gone (stream closed) is due again after this
+# Bulk entry ids need only be unique within a request: a per-process prefix and a counter are, and
+# cost far less than a uuid4 per message (it showed as 15% of the sidecar's time in bulk delivery).
+_ENTRY_PREFIX = str(uuid.uuid4())
+_ENTRY_IDS = (f"{_ENTRY_PREFIX}-{n}" for n in itertools.count())
 
 
 def backoff(attempts: int, cap: float) -> float:
@@ -111,7 +116,7 @@ def prepare(pubsub: str, sub: Subscription, message: Message) -> Delivery | Outc
     body = message.data if not raw and message.data.lstrip().startswith(b"{") else ce.go_json(event)
     return Delivery(
         pubsub=pubsub, topic=message.topic, path=path, event=event, body=body,
-        metadata=dict(message.metadata), raw=raw, entry_id=str(uuid.uuid4()),
+        metadata=dict(message.metadata), raw=raw, entry_id=next(_ENTRY_IDS),
     )  # fmt: skip
 
 

@@ -5,7 +5,8 @@ left pending (handler hung, sidecar killed) is re-claimed with XAUTOCLAIM once i
 `processingTimeout`, and `retry` makes an entry due early by setting its idle time (XCLAIM IDLE), so
 redelivery keeps no state outside Redis and survives any process. `claim` reads the topics this
 instance subscribed the group to: the groups persist in Redis, the topic list is per process (the
-delivery loop subscribes on every start).
+delivery loop subscribes on every start). Acks made in the same event-loop turn (a settled bulk
+delivery) go to Redis as one XACK.
 """
 
 from __future__ import annotations
@@ -123,6 +124,9 @@ class RedisPubSub:
         self._turn = 0
         self._wakeup = asyncio.Event()
         self._closed = False
+        # (topic, group) -> entry ids waiting for the next XACK, with their callers' futures
+        self._acks: dict[tuple[str, str], list[tuple[str, asyncio.Future[None]]]] = {}
+        self._sending: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(
@@ -202,8 +206,31 @@ class RedisPubSub:
     async def ack(self, group: str, message: Message) -> None:
         """XACK: the entry leaves the group's pending list (the stream keeps it, as in Dapr)."""
         self._check_open()
-        with redis_errors(self.name):
-            await self._client.xack(message.topic, group, _entry_id(message.seq))
+        key, done = (message.topic, group), asyncio.get_running_loop().create_future()
+        waiting = self._acks.setdefault(key, [])
+        waiting.append((_entry_id(message.seq), done))
+        if len(waiting) == 1:  # the first of this turn: send them all once the turn's others are in
+            asyncio.get_running_loop().call_soon(self._start_sending, key)
+        await done
+
+    def _start_sending(self, key: tuple[str, str]) -> None:
+        task = asyncio.ensure_future(self._send_acks(key))
+        self._sending.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._sending.discard)
+
+    async def _send_acks(self, key: tuple[str, str]) -> None:
+        waiting = self._acks.pop(key, [])
+        try:
+            with redis_errors(self.name):
+                await self._client.xack(*key, *(entry for entry, _ in waiting))
+        except ComponentError as err:
+            for _, done in waiting:
+                if not done.done():  # its caller may have been cancelled meanwhile
+                    done.set_exception(err)
+        else:
+            for _, done in waiting:
+                if not done.done():
+                    done.set_result(None)
 
     async def retry(self, group: str, message: Message, delay: float) -> None:
         """Keep the entry pending and make it re-claimable after `delay` (at most processingTimeout)."""
@@ -278,8 +305,11 @@ class RedisPubSub:
         self._wakeup = asyncio.Event()
 
     async def close(self) -> None:
-        """Close the connection pool (idempotent)."""
+        """Send the acks already made, then close the connection pool (idempotent)."""
         self._closed = True
+        for key in list(self._acks):
+            await self._send_acks(key)
+        await asyncio.gather(*self._sending, return_exceptions=True)
         await self._client.aclose()
 
 
