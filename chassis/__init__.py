@@ -3,6 +3,7 @@
 Services import from here only; everything else in the package is private.
 """
 
+from chassis._contract import Contract
 from chassis._dapr import Dapr
 from chassis._errors import (
     ChassisError,
@@ -18,6 +19,7 @@ from chassis._errors import (
     StateError,
 )
 from chassis._events import EventContext, event_type_of
+from chassis._pubsub import Publisher
 from chassis._resilience import retrying
 from chassis._runtime import Service
 from chassis._settings import ServiceSettings, load_settings
@@ -28,6 +30,7 @@ __all__ = [
     "ChassisError",
     "ConcurrencyError",
     "ConfigError",
+    "Contract",
     "ContractError",
     "Dapr",
     "Delete",
@@ -36,6 +39,7 @@ __all__ = [
     "HandlerOutcome",
     "InvocationError",
     "PublishError",
+    "Publisher",
     "Retry",
     "Service",
     "ServiceSettings",

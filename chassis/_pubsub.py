@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
@@ -69,6 +69,9 @@ class SubscriptionRegistry:
             )
         self._by_topic[key] = subscription
 
+    def __iter__(self) -> Iterator[Subscription[Any]]:
+        return iter(self._by_topic.values())
+
     def find(self, pubsub: str, topic: str) -> Subscription[Any] | None:
         return self._by_topic.get((pubsub, topic))
 
@@ -80,6 +83,28 @@ class SubscriptionRegistry:
                 )
                 for sub in self._by_topic.values()
             ]
+        )
+
+
+class Publisher(Generic[M]):
+    """Publishes events of one type to one topic; declared when the service is built (`Service.publisher`).
+
+    Declaring publications up front makes them part of the service's contract, checked like its RPCs.
+    """
+
+    def __init__(self, dapr: Dapr, event: type[M], *, pubsub: str, topic: str) -> None:
+        self.event = event
+        self.event_type = event_type_of(event)  # fails at start-up, not at the first publish
+        self.pubsub = pubsub
+        self.topic = topic
+        self._dapr = dapr
+
+    async def publish(
+        self, event: M, *, event_id: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> str:
+        """Publish `event` as a CloudEvent of its declared type; returns the event id (see `publish`)."""
+        return await publish(
+            self._dapr, event, pubsub=self.pubsub, topic=self.topic, event_id=event_id, metadata=metadata
         )
 
 

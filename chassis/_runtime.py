@@ -10,7 +10,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -22,9 +22,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # public, not in stubs
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
+from chassis._contract import Contract, EventFlow, served_api
 from chassis._dapr import Dapr
 from chassis._errors import ChassisError, ConfigError
-from chassis._pubsub import AppCallback, Handler, Subscription, SubscriptionRegistry, publish
+from chassis._pubsub import AppCallback, Handler, Publisher, Subscription, SubscriptionRegistry
 from chassis._settings import ServiceSettings, load_settings
 from chassis._state import StateRepository
 from chassis._telemetry import flush_telemetry, setup_logging, setup_telemetry
@@ -44,6 +45,7 @@ class Service:
         self._dapr = Dapr(self.settings)
         self._servicers: list[tuple[AddServicer, Any]] = []
         self._subscriptions = SubscriptionRegistry()
+        self._publishers: list[Publisher[Any]] = []
         self._health = health_aio.HealthServicer()
         self._stopping = asyncio.Event()
         self.port: int | None = None
@@ -73,23 +75,19 @@ class Service:
         """The records of `model` in the service's state store (or `store`)."""
         return StateRepository(self._dapr, model, store or self.settings.state_store)
 
-    async def publish(
-        self,
-        event: Message,
-        *,
-        topic: str,
-        pubsub: str | None = None,
-        event_id: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> str:
-        """Publish `event` as a CloudEvent of its declared type; returns the event id."""
-        return await publish(
-            self._dapr,
-            event,
-            pubsub=pubsub or self.settings.pubsub,
-            topic=topic,
-            event_id=event_id,
-            metadata=metadata,
+    def publisher(self, event: type[M], *, topic: str, pubsub: str | None = None) -> Publisher[M]:
+        """Declare that this service publishes `event`s to `topic`; publish through what it returns."""
+        publisher = Publisher(self._dapr, event, pubsub=pubsub or self.settings.pubsub, topic=topic)
+        self._publishers.append(publisher)
+        return publisher
+
+    def contract(self) -> Contract:
+        """The proto services this service serves and the events it consumes and publishes."""
+        return Contract(
+            app_id=self.name,
+            apis=tuple(served_api(servicer) for _, servicer in self._servicers),
+            consumes=tuple(EventFlow(s.pubsub, s.topic, s.event) for s in self._subscriptions),
+            publishes=tuple(EventFlow(p.pubsub, p.topic, p.event) for p in self._publishers),
         )
 
     def run(self) -> None:

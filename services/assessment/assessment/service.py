@@ -10,6 +10,7 @@ import grpc
 from chassis import Drop, EventContext, Service, StateRepository, load_settings
 from mooc.assessment.v1 import assessment_pb2 as pb
 from mooc.assessment.v1 import assessment_pb2_grpc as pb_grpc
+from mooc.events.v1.assessment_pb2 import SubmissionCreated
 from mooc.events.v1.grading_pb2 import GradeCompleted
 
 from assessment.catalogue import Catalogue, InvalidSubmission
@@ -25,10 +26,9 @@ class AssessmentServicer(pb_grpc.AssessmentServiceServicer):
     """Implements mooc.assessment.v1.AssessmentService."""
 
     def __init__(self, service: Service, settings: Settings, catalogue: Catalogue) -> None:
-        self._service = service
-        self._settings = settings
         self._catalogue = catalogue
         self._submissions = service.state(pb.Submission)
+        self._announce = service.publisher(SubmissionCreated, topic=settings.submissions_topic)
 
     async def SubmitAssignment(
         self, request: pb.SubmitAssignmentRequest, context: Context
@@ -39,10 +39,8 @@ class AssessmentServicer(pb_grpc.AssessmentServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         submission = new_submission(request, str(uuid.uuid4()))
         await self._submissions.save(submission.submission_id, submission, first_write=True)
-        await self._service.publish(
-            submission_created(submission, assignment),
-            topic=self._settings.submissions_topic,
-            event_id=submission.submission_id,
+        await self._announce.publish(
+            submission_created(submission, assignment), event_id=submission.submission_id
         )
         log.info("submission %s stored and announced", submission.submission_id)
         return pb.SubmitAssignmentResponse(submission_id=submission.submission_id)

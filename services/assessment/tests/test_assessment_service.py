@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from chassis import Service, ServiceSettings
+from chassis import Publisher, Service, ServiceSettings
 from chassis.testing import AppProcess, Sidecar, free_port, wait_for
 from mooc.assessment.v1 import assessment_pb2 as pb
 from mooc.assessment.v1 import assessment_pb2_grpc as pb_grpc
@@ -49,16 +49,18 @@ async def stub(sidecar: Sidecar) -> AsyncIterator[Stub]:
 
 
 @pytest.fixture
-async def grader(sidecar: Sidecar, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Service]:
+async def grader(
+    sidecar: Sidecar, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Publisher[GradeCompleted]]:
     """Publishes grades the way the grading service does, through the same sidecar."""
     for name, value in sidecar.app_env().items():  # the Dapr SDK reads its ports from the environment
         monkeypatch.setenv(name, value)
     settings = ServiceSettings(
         app_id="grading", dapr_grpc_port=sidecar.grpc_port, dapr_http_port=sidecar.http_port
     )
-    publisher = Service("grading", settings)
-    yield publisher
-    await publisher.dapr.close()
+    grading = Service("grading", settings)
+    yield grading.publisher(GradeCompleted, topic="grades")
+    await grading.dapr.close()
 
 
 async def submit(stub: Stub, learner_id: str = "learner-1") -> str:
@@ -116,16 +118,16 @@ async def test_bad_requests_get_clear_statuses(stub: Stub) -> None:
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_the_first_grade_is_stored_and_kept(stub: Stub, grader: Service) -> None:
+async def test_the_first_grade_is_stored_and_kept(stub: Stub, grader: Publisher[GradeCompleted]) -> None:
     first, other = await submit(stub), await submit(stub, "learner-2")
     grade = GradeCompleted(submission_id=first, score=3, max_score=4, matched_keywords=["iterable"])
-    await grader.publish(grade, topic="grades", event_id=f"grade-{first}")
+    await grader.publish(grade, event_id=f"grade-{first}")
     stored = await graded(stub, first)
     assert (stored.grade.score, stored.grade.max_score) == (3, 4)
     assert list(stored.grade.matched_keywords) == ["iterable"]
 
     late = GradeCompleted(submission_id=first, score=0, max_score=4)
-    await grader.publish(late, topic="grades", event_id="a-second-grade")
-    await grader.publish(GradeCompleted(submission_id=other, score=1, max_score=4), topic="grades")
+    await grader.publish(late, event_id="a-second-grade")
+    await grader.publish(GradeCompleted(submission_id=other, score=1, max_score=4))
     await graded(stub, other)
     assert (await read(stub, first)).grade.score == 3

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 from chassis import ConcurrencyError, EventContext, Retry, Service, StateRepository, load_settings
 from mooc.events.v1.assessment_pb2 import SubmissionCreated
+from mooc.events.v1.grading_pb2 import GradeCompleted
 from mooc.grading.v1 import grading_pb2 as pb
 from mooc.grading.v1 import grading_pb2_grpc as pb_grpc
 
@@ -52,16 +53,13 @@ def build_service(settings: Settings | None = None) -> Service:
     service = Service(APP_ID, settings)
     grades = service.state(pb.GradeRecord)
     service.add_servicer(pb_grpc.add_GradingServiceServicer_to_server, GradingServicer(grades))
+    announce = service.publisher(GradeCompleted, topic=settings.grades_topic)
 
     @service.subscribe(topic=settings.submissions_topic, event=SubmissionCreated)
     async def on_submission_created(event: SubmissionCreated, ctx: EventContext) -> None:
         record = await keep_first_grade(grades, grade_record(event, ctx.id, settings.short_answer_threshold))
         # Published again on redelivery, the same grade under the same id: consumers deduplicate by id.
-        await service.publish(
-            grade_completed(record, event),
-            topic=settings.grades_topic,
-            event_id=f"grade-{record.submission_id}",
-        )
+        await announce.publish(grade_completed(record, event), event_id=f"grade-{record.submission_id}")
         log.info("submission %s graded %s/%s", record.submission_id, record.score, record.max_score)
 
     return service

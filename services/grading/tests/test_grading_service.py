@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
-from chassis import Service, ServiceSettings
+from chassis import Publisher, Service, ServiceSettings
 from chassis.testing import AppProcess, Sidecar, free_port, wait_for
 from mooc.events.v1.assessment_pb2 import SubmissionCreated
 from mooc.grading.v1 import grading_pb2 as pb
@@ -40,7 +40,7 @@ def sees_the_app(sidecar: Sidecar) -> bool:
 @dataclass
 class Platform:
     stub: pb_grpc.GradingServiceStub
-    publisher: Service
+    publisher: Publisher[SubmissionCreated]
     watched: Path
 
     def grades_seen(self) -> list[dict[str, Any]]:
@@ -76,10 +76,11 @@ async def platform(
     )
     for each in (sidecar, watcher_sidecar):
         each.wait_until(partial(sees_the_app, each), 30, "connected to the app (GET /v1.0/healthz)")
-    publisher = Service("assessment", settings)
+    assessment = Service("assessment", settings)
+    publisher = assessment.publisher(SubmissionCreated, topic="submissions")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc_port}") as channel:
         yield Platform(pb_grpc.GradingServiceStub(channel), publisher, watched)
-    await publisher.dapr.close()
+    await assessment.dapr.close()
 
 
 def submission(short_answer: str) -> SubmissionCreated:
@@ -107,9 +108,7 @@ async def get_grade(stub: pb_grpc.GradingServiceStub, submission_id: str) -> pb.
 
 async def test_a_submission_is_graded_once_and_announced(platform: Platform) -> None:
     assert await get_grade(platform.stub, "sub-1") is None  # NOT_FOUND until graded
-    await platform.publisher.publish(
-        submission("a list from an expression"), topic="submissions", event_id="sub-1"
-    )
+    await platform.publisher.publish(submission("a list from an expression"), event_id="sub-1")
     record = await wait_for(lambda: get_grade(platform.stub, "sub-1"), timeout=20, what="grade stored")
     assert (record.score, record.max_score, record.source_event_id) == (2, 4, "sub-1")
     assert list(record.matched_keywords) == ["list", "expression"]
@@ -118,9 +117,7 @@ async def test_a_submission_is_graded_once_and_announced(platform: Platform) -> 
     assert seen[0]["event"]["score"] == 2
 
     # Redelivered (here: sent again under another id, with an answer that would score differently).
-    await platform.publisher.publish(
-        submission("nothing relevant"), topic="submissions", event_id="sub-1-again"
-    )
+    await platform.publisher.publish(submission("nothing relevant"), event_id="sub-1-again")
     seen = await wait_for(lambda: platform.grades_seen()[1:], timeout=20, what="grade announced again")
     assert seen[0]["id"] == "grade-sub-1"
     assert seen[0]["event"] == platform.grades_seen()[0]["event"]

@@ -33,6 +33,7 @@ settings = load_settings(ProbeSettings)
 service = Service("probe", settings)
 submissions = service.state(api.Submission)
 deliveries = service.state(GradeRecord)
+announce = service.publisher(SubmissionCreated, topic="submissions")
 log = logging.getLogger("probe")
 
 
@@ -44,7 +45,7 @@ class Assessment(api_grpc.AssessmentServiceServicer):
         event = SubmissionCreated(
             submission_id=submission_id, learner_id=request.learner_id, assignment_id=request.assignment_id
         )
-        await service.publish(event, topic="submissions", event_id=f"submitted-{submission_id}")
+        await announce.publish(event, event_id=f"submitted-{submission_id}")
         return api.SubmitAssignmentResponse(submission_id=submission_id)
 
     async def GetSubmission(
