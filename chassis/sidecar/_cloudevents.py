@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import sys
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -65,7 +66,37 @@ def go_json(value: Any) -> bytes:
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
         text = text.replace(char, escaped)
-    return text.encode()
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate escape (`"\ud800"`) was read: Go reads it as U+FFFD; UTF-8 cannot hold it.
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode()
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _float64(text: str) -> float:
+    value = float(text)
+    if abs(value) > sys.float_info.max:
+        raise ValueError(f"number {text} overflows a float64")
+    return value
+
+
+def _int_float64(text: str) -> int:
+    value = int(text)
+    if abs(value) > sys.float_info.max:
+        raise ValueError(f"number {text} overflows a float64")
+    return value
+
+
+def parse_json(data: bytes | str) -> Any:
+    """json.loads as strict as Go's decoder (into interface{}): no NaN/Infinity, no number past float64.
+
+    Python reads those, but they are not JSON: stored, they would reach subscribers as unparsable events.
+    """
+    return json.loads(data, parse_constant=_not_json, parse_float=_float64, parse_int=_int_float64)
 
 
 def rfc3339(moment: datetime) -> str:
@@ -82,7 +113,7 @@ def _data_field(content_type: str, data: bytes) -> tuple[str, Any]:
     """JSON types -> parsed JSON; octet-stream -> data_base64; anything else -> the string."""
     if is_json(content_type):
         try:
-            return "data", json.loads(data)
+            return "data", parse_json(data)
         except ValueError:
             pass
     elif is_binary(content_type):
@@ -138,7 +169,7 @@ def from_cloudevent(
 ) -> dict[str, Any]:
     """FromCloudEvent: keep the app's event, set topic/pubsub/trace, default the missing attributes."""
     try:
-        event = json.loads(data)
+        event = parse_json(data)
     except ValueError as err:
         raise EnvelopeError(f"not a JSON CloudEvent: {err}") from err
     if not isinstance(event, dict):

@@ -7,6 +7,7 @@ sidecar lacks. Each call runs in a server span that continues the caller's `trac
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from dapr.proto.runtime.v1 import (
     state_pb2,
 )
 from google.protobuf import empty_pb2
+from google.protobuf.message import DecodeError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -55,6 +57,12 @@ _Self = TypeVar("_Self", bound="DaprApi")
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 Context = grpc.aio.ServicerContext[Any, Any]
+UNMARSHAL_ERROR = "grpc: error unmarshalling request: "  # grpc-go's text (daprd), with code INTERNAL
+
+if TYPE_CHECKING:
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:  # grpc's classes are not generic at runtime
+    _ServerInterceptor = grpc.aio.ServerInterceptor
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,66 @@ def _traced(
         await error.abort(context)
 
     return _metrics.metered(method.__name__, wrapper)
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    """What a request that is not valid protobuf deserializes to, so the handler can answer it."""
+
+    problem: str
+
+
+class DecodeErrors(_ServerInterceptor):
+    """Answer a request that is not valid protobuf as daprd (grpc-go) does: INTERNAL, "grpc: error
+    unmarshalling request: ...". Left to grpc.aio, it is UNKNOWN naming a Python class, plus a logged
+    traceback for every such request."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler  # raw bytes (the proxy, a token rejection) or a request stream
+        return _decoding(handler)
+
+
+def _decoding(handler: Any) -> grpc.RpcMethodHandler[Any, Any]:
+    """The handler with a deserializer that never raises, and a behaviour that answers its failures."""
+    decode = handler.request_deserializer
+
+    def deserialize(data: bytes) -> object:
+        try:
+            return decode(data)
+        except DecodeError as err:
+            return _Undecodable(str(err))
+
+    async def refuse(request: object, context: Context) -> None:
+        if isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INTERNAL, UNMARSHAL_ERROR + request.problem)
+
+    async def unary_unary(request: object, context: Context) -> Any:
+        await refuse(request, context)
+        return await handler.unary_unary(request, context)
+
+    async def unary_stream(request: object, context: Context) -> None:
+        await refuse(request, context)
+        result = handler.unary_stream(request, context)
+        if inspect.isasyncgen(result):
+            async for response in result:
+                await context.write(response)
+        else:
+            await result
+
+    # RpcMethodHandler is a namedtuple at runtime (grpc._utilities), typed as a plain class.
+    if handler.unary_unary is not None:
+        wrapped: grpc.RpcMethodHandler[Any, Any] = handler._replace(
+            request_deserializer=deserialize, unary_unary=unary_unary
+        )
+    else:
+        wrapped = handler._replace(request_deserializer=deserialize, unary_stream=unary_stream)
+    return wrapped
 
 
 def _unimplemented(rpc: str) -> Callable[..., Awaitable[None]]:

@@ -29,7 +29,7 @@ from chassis.sidecar._app_grpc import GrpcApp
 from chassis.sidecar._bindings import InputBindings
 from chassis.sidecar._delivery import AppChannel, Deliverer
 from chassis.sidecar._errors import ResourceError, SidecarError
-from chassis.sidecar._grpc_api import ApiContext, DaprApi, SubscriptionInfo
+from chassis.sidecar._grpc_api import ApiContext, DaprApi, DecodeErrors, SubscriptionInfo
 from chassis.sidecar._http_api import HttpApi
 from chassis.sidecar._http_app import HttpApp
 from chassis.sidecar._metrics import serve_metrics
@@ -253,7 +253,7 @@ class Sidecar:
         token = _auth.api_token()
         server = grpc.aio.server(
             options=[("grpc.so_reuseport", 0), *_limits.grpc_options(self.args.max_body_size)],
-            interceptors=[_auth.TokenInterceptor(token)] if token else None,
+            interceptors=[DecodeErrors(), *([_auth.TokenInterceptor(token)] if token else [])],
         )
         dapr_pb2_grpc.add_DaprServicer_to_server(DaprApi(ctx), server)  # type: ignore[no-untyped-call]
         proxy = AppProxy(

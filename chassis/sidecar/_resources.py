@@ -193,6 +193,11 @@ def _documents(file: Path) -> list[tuple[str, dict[str, Any]]]:
         raise ResourceError(file, line, f"invalid YAML: {problem}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ResourceError(file, "file", f"cannot read: {exc}") from None
+    except RecursionError:  # PyYAML builds nested collections recursively
+        raise ResourceError(file, "document", "invalid YAML: nested too deeply") from None
+    except (ValueError, TypeError, AttributeError) as exc:
+        # PyYAML's value constructors raise these: `2024-02-30`, `!!int x`, `!!timestamp x`, 5000 digits.
+        raise ResourceError(file, "document", f"invalid YAML: {' '.join(str(exc).split())}") from None
     for index, doc in enumerate(docs):
         if not isinstance(doc, dict):
             raise ResourceError(
