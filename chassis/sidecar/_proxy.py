@@ -1,15 +1,20 @@
 """gRPC proxying by `dapr-app-id` (Dapr's proxy mode): any method not served locally goes to the named app.
 
-Messages are forwarded as raw bytes in a stream-stream call, which is what unary and streaming calls
-look like on the wire, so the proxy needs none of the apps' protos. Metadata goes through both ways
-(minus hop-by-hop keys), and the callee's status code, message and trailers (including rich error
-details) reach the caller unchanged. The target's address comes from the shared app registry.
+Messages are forwarded as raw bytes, so the proxy needs none of the apps' protos. Every call is served
+as a stream-stream call (what any call looks like on the wire); one whose caller sent a single message
+and half-closed is forwarded as a unary-request call, the common case, which also avoids grpc.aio
+reporting a callee's early status as INTERNAL when a separate write races it (grpc/grpc#36066).
+Metadata goes through both ways (minus hop-by-hop keys), and the callee's status code, message and
+trailers (including rich error details) reach the caller unchanged. The target's address comes from
+the shared app registry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -64,6 +69,7 @@ CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+UNARY_GRACE_TURNS = 3  # event-loop turns to wait for a half-close right behind the first message
 Behavior = grpc.aio.ServicerContext[bytes, bytes]
 
 
@@ -102,9 +108,51 @@ def _shortest(remaining: float | None, policy: Policy) -> float | None:
     return policy.timeout if remaining is None else min(remaining, policy.timeout)
 
 
-async def _requests(iterator: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    async for message in iterator:
-        yield message
+class _Inbox:
+    """The caller's request messages, read ahead as they come, so the proxy can see a unary request."""
+
+    END = None  # the caller half-closed
+
+    def __init__(self, requests: AsyncIterator[bytes]) -> None:
+        self._items: deque[bytes | None] = deque()
+        self._arrived = asyncio.Event()
+        self._reader = asyncio.create_task(self._read(requests))
+
+    async def _read(self, requests: AsyncIterator[bytes]) -> None:
+        async for message in requests:
+            self._put(message)
+        self._put(self.END)
+
+    def _put(self, item: bytes | None) -> None:
+        self._items.append(item)
+        self._arrived.set()
+
+    async def single(self) -> bytes | None:
+        """The only request when the caller sent exactly one and half-closed with it, else None."""
+        while not self._items:
+            self._arrived.clear()
+            await self._arrived.wait()
+        for _ in range(UNARY_GRACE_TURNS):  # the half-close is read a loop turn or two after the message
+            if len(self._items) > 1:
+                break
+            await asyncio.sleep(0)
+        items = self._items
+        return items[0] if len(items) == 2 and items[0] is not None and items[1] is None else None
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """Every request, in order, until the caller half-closes."""
+        while True:
+            while not self._items:
+                self._arrived.clear()
+                await self._arrived.wait()
+            item = self._items.popleft()
+            if item is None:
+                return
+            yield item
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
 
 
 class AppProxy(_GenericHandler):
@@ -175,12 +223,15 @@ class AppProxy(_GenericHandler):
             method, context=parent, kind=SpanKind.CLIENT, attributes=attributes, record_exception=False
         ) as span:
             outgoing = self._outgoing(incoming, span.get_span_context())
-            stub = self._channel(address).stream_stream(
-                method, request_serializer=None, response_deserializer=None
-            )
             policy = await self._admit(app_id, context)
-            call = stub(_requests(requests), metadata=outgoing, timeout=_shortest(_timeout(context), policy))
-            failure = await self._relay(call, context)
+            inbox = _Inbox(requests)
+            try:
+                call = await self._call(
+                    address, method, inbox, outgoing, _shortest(_timeout(context), policy)
+                )
+                failure = await self._relay(call, context)
+            finally:
+                await inbox.close()
             if policy.breaker:
                 policy.breaker.after(failure is None)
             if failure is not None:
@@ -189,6 +240,22 @@ class AppProxy(_GenericHandler):
             await context.abort(
                 failure.code(), failure.details() or "", tuple(passthrough(failure.trailing_metadata()))
             )
+
+    async def _call(
+        self,
+        address: str,
+        method: str,
+        inbox: _Inbox,
+        metadata: list[tuple[str, str | bytes]],
+        deadline: float | None,
+    ) -> grpc.aio.UnaryStreamCall[bytes, bytes] | grpc.aio.StreamStreamCall[bytes, bytes]:
+        """The call to the callee: unary-request when the caller sent one message, else a stream."""
+        channel = self._channel(address)
+        if (request := await inbox.single()) is not None:
+            unary = channel.unary_stream(method, request_serializer=None, response_deserializer=None)
+            return unary(request, metadata=metadata, timeout=deadline)
+        stream = channel.stream_stream(method, request_serializer=None, response_deserializer=None)
+        return stream(inbox.stream(), metadata=metadata, timeout=deadline)
 
     async def _admit(self, app_id: str, context: Behavior) -> Policy:
         """The target's app policy; an open circuit breaker fails the call at once (no retries: streams)."""
@@ -210,7 +277,8 @@ class AppProxy(_GenericHandler):
 
     @staticmethod
     async def _relay(
-        call: grpc.aio.StreamStreamCall[bytes, bytes], context: Behavior
+        call: grpc.aio.UnaryStreamCall[bytes, bytes] | grpc.aio.StreamStreamCall[bytes, bytes],
+        context: Behavior,
     ) -> grpc.aio.AioRpcError | None:
         """Copy the callee's headers, messages and trailers to the caller; its error is returned."""
         sent_headers = False

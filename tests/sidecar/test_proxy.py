@@ -6,6 +6,7 @@ shows metadata, trailers and rich error details crossing the proxy unchanged.
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sidecar_support import RunningSidecar, free_port
 
 ECHO = "/test.Echo/Echo"
+CHAT = "/test.Echo/Chat"  # bidirectional: one reversed reply per message
 DETAILS_KEY = "grpc-status-details-bin"
 
 
@@ -31,12 +33,18 @@ def _failure_details() -> bytes:
 
 @dataclass
 class EchoHandler(grpc.GenericRpcHandler):
-    """`/test.Echo/Echo`: answers the reversed bytes, or fails with rich details for b"fail"."""
+    """`Echo` answers the reversed bytes, or fails with rich details for b"fail"; `Chat` streams them."""
 
     seen: list[dict[str, str]] = field(default_factory=list)
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        if details.method == CHAT:
+            return grpc.stream_stream_rpc_method_handler(self.chat)
         return grpc.unary_unary_rpc_method_handler(self.echo) if details.method == ECHO else None
+
+    def chat(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        for request in requests:
+            yield request[::-1]
 
     def echo(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
@@ -139,3 +147,29 @@ def test_registered_app_that_is_down_is_unavailable(start_sidecar: SidecarStarte
             health_pb2.HealthCheckRequest(), metadata=(("dapr-app-id", "sleepy"),), timeout=10
         )
     assert unreachable.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_method_the_callee_lacks_is_its_unimplemented(caller: RunningSidecar, callee: Callee) -> None:
+    with _channel(caller) as channel:
+        missing = channel.unary_unary("/tests.Nowhere/Nothing")
+        for _ in range(20):  # the callee's status, every time: never the proxy's own INTERNAL
+            with pytest.raises(grpc.RpcError) as lacking:
+                missing(b"x", metadata=(("dapr-app-id", "callee"),), timeout=10)
+            assert lacking.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_client_and_bidirectional_streams_cross_the_proxy(caller: RunningSidecar, callee: Callee) -> None:
+    metadata = (("dapr-app-id", "callee"),)
+    with _channel(caller) as channel:
+        chat = channel.stream_stream(CHAT)
+        assert list(chat(iter([b"ab", b"cd", b"ef"]), metadata=metadata, timeout=10)) == [b"ba", b"dc", b"fe"]
+        assert list(chat(iter([]), metadata=metadata, timeout=10)) == []
+        # Ping-pong: each message waits for the previous reply, so the proxy must not wait for more.
+        outbox: queue.Queue[bytes | None] = queue.Queue()
+        outbox.put(b"1a")
+        replies = chat(iter(outbox.get, None), metadata=metadata, timeout=10)
+        assert next(replies) == b"a1"
+        outbox.put(b"2b")
+        assert next(replies) == b"b2"
+        outbox.put(None)
+        assert list(replies) == []
