@@ -29,6 +29,8 @@ from chassis.sidecar.components import (
     bindings_smtp,
     parse_duration,
     pubsub_jetstream,
+    pubsub_kafka,
+    pubsub_mqtt3,
     pubsub_rabbitmq,
     pubsub_redis,
     pubsub_sqlite,
@@ -65,6 +67,8 @@ DRIVERS |= {
 DRIVERS |= {
     "pubsub.rabbitmq": pubsub_rabbitmq.DRIVER,
     "pubsub.jetstream": pubsub_jetstream.DRIVER,
+    "pubsub.kafka": pubsub_kafka.DRIVER,
+    "pubsub.mqtt3": pubsub_mqtt3.DRIVER,
 }
 
 YAML_SUFFIXES = (".yaml", ".yml")

@@ -76,6 +76,8 @@ class Backend:
     marker: str  # in every topic a case uses, so a shared server can be cleaned up
     trim_slack: int  # how far beyond maxLenApprox the backlog may grow before the driver trims
     max_len: str | None = "maxLenApprox"  # the driver's metadata bounding the backlog (None: none)
+    # Why instances of one group cannot split its messages between them (None: they can).
+    no_competing: str | None = None
 
     def topic(self, label: str = "t") -> str:
         return f"{label}-{self.marker}"
@@ -94,9 +96,36 @@ def rabbitmq_cleanup() -> Iterator[None]:
     delete_marked()
 
 
-@pytest.fixture(params=["pubsub.sqlite", "pubsub.redis", "pubsub.rabbitmq", "pubsub.jetstream"])
+BROKERS = ["sqlite", "redis", "rabbitmq", "jetstream", "kafka", "mqtt3"]
+
+
+@pytest.fixture(params=[f"pubsub.{broker}" for broker in BROKERS])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     marker = unique("topic")
+    if request.param == "pubsub.kafka":
+        from kafka_support import BROKERS, ensure_tansu
+
+        ensure_tansu()
+        # Kafka groups span topics: {appID}-<marker> keeps concurrent tests' groups apart. Tansu waits
+        # about half a session for members to join, so a short one keeps each subscribe near 1s. Two
+        # partitions, so competing instances of a group both get some.
+        metadata = {
+            "brokers": BROKERS, "consumerGroup": f"{{appID}}-{marker}", "partitionCount": "2",
+            "sessionTimeout": "2s", "heartbeatInterval": "300ms",
+        }  # fmt: skip
+        yield Backend("pubsub.kafka", metadata, tmp_path, marker, 0, None)  # no backlog bound
+        return
+    if request.param == "pubsub.mqtt3":
+        from mqtt_support import MQTT_URL, forget_sessions, require_mosquitto
+
+        require_mosquitto()
+        # A group's session (client id) is `<consumerID>-<group>`: this test's own, so parallel tests
+        # never take each other's over. Sessions are persistent: forgotten at the end.
+        metadata = {"url": MQTT_URL, "consumerID": marker}
+        one_session = "a group is one MQTT session (its consumerID), which instances take from each other"
+        yield Backend("pubsub.mqtt3", metadata, tmp_path, marker, 0, None, one_session)  # no backlog bound
+        forget_sessions(*(f"{marker}-{group}" for group in ("g", "g1", "g2", "g3", "workers")))
+        return
     if request.param == "pubsub.sqlite":
         metadata = {"connectionString": "pubsub.db"}
         yield Backend("pubsub.sqlite", metadata, tmp_path, marker, pubsub_sqlite.TRIM_EVERY)
@@ -344,6 +373,8 @@ async def test_fan_out_from_another_process(
 async def test_competing_consumers_never_claim_the_same_message(
     backend: Backend, children: list[subprocess.Popen[str]]
 ) -> None:
+    if backend.no_competing is not None:
+        pytest.skip(f"{backend.kind}: {backend.no_competing}")
     topic = backend.topic("orders")
     broker = await backend.open()
     try:

