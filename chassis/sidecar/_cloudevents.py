@@ -9,8 +9,8 @@ daprd's envelope carries non-standard keys (topic, pubsubname, traceid) and Go's
 from __future__ import annotations
 
 import base64
-import binascii
 import json
+import re
 import sys
 import uuid
 from collections.abc import Mapping
@@ -91,12 +91,31 @@ def _int_float64(text: str) -> int:
     return value
 
 
+# A lone surrogate escape (`"\ud800"`), or surrogate bytes json.loads lets through (`surrogatepass`).
+_MAY_HOLD_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _replace_surrogates(value: Any) -> Any:
+    """Every lone surrogate of the parsed value (keys included) as U+FFFD, as Go's decoder reads it."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_replace_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_replace_surrogates(key): _replace_surrogates(item) for key, item in value.items()}
+    return value
+
+
 def parse_json(data: bytes | str) -> Any:
     """json.loads as strict as Go's decoder (into interface{}): no NaN/Infinity, no number past float64.
 
     Python reads those, but they are not JSON: stored, they would reach subscribers as unparsable events.
+    A lone surrogate becomes U+FFFD, as in Go: Python would keep a string that no UTF-8 store can hold.
     """
-    return json.loads(data, parse_constant=_not_json, parse_float=_float64, parse_int=_int_float64)
+    value = json.loads(data, parse_constant=_not_json, parse_float=_float64, parse_int=_int_float64)
+    raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
+    return _replace_surrogates(value) if _MAY_HOLD_SURROGATE.search(raw) else value
 
 
 def rfc3339(moment: datetime) -> str:
@@ -174,6 +193,9 @@ def from_cloudevent(
         raise EnvelopeError(f"not a JSON CloudEvent: {err}") from err
     if not isinstance(event, dict):
         raise EnvelopeError("not a JSON CloudEvent: expected an object")
+    if event.get("data_base64") is not None:
+        # Stricter than daprd, which stores it and then can never hand it to a gRPC app.
+        _decode_base64(event["data_base64"])
     event.setdefault("time", rfc3339(datetime.now(UTC)))
     event.update(traceid=traceparent, traceparent=traceparent, tracestate=tracestate)
     event.update(topic=topic, pubsubname=pubsub)
@@ -215,7 +237,8 @@ def read_message(data: bytes, *, topic: str, pubsub: str, raw: bool) -> dict[str
         except ValueError:
             event = None
         if isinstance(event, dict):
-            return event
+            # Lenient otherwise (any stored JSON object is read), but no surrogate may reach the app's protos.
+            return _replace_surrogates(event) if _MAY_HOLD_SURROGATE.search(data) else event
     return from_raw_payload(data, topic=topic, pubsub=pubsub)
 
 
@@ -239,15 +262,35 @@ def _string(event: Mapping[str, Any], key: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _decode_base64(encoded: object) -> bytes:
+    """`data_base64` as GRPCEnvelopeFromSubscriptionMessage decodes it (standard alphabet, padded)."""
+    if not isinstance(encoded, str):
+        raise EnvelopeError("unexpected data type encountered in envelope")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except ValueError as err:  # binascii.Error, or a str that is not ASCII
+        raise EnvelopeError(f"unable to base64 decode cloudEvent field data_base64: {err}") from err
+
+
+def _text_without_string(data: object, content_type: str) -> bool:
+    """A text/* (or XML) event whose data is not a string: daprd has no bytes to give the app."""
+    json_type = is_json(content_type) or is_cloudevent(content_type)
+    return not json_type and not isinstance(data, str) and is_string(content_type)
+
+
+def check_payload(event: Mapping[str, Any]) -> None:
+    """Raise EnvelopeError when the app could never be given this event's data; the data is not built."""
+    if event.get("data_base64") is not None:
+        _decode_base64(event["data_base64"])
+    elif event.get("data") is not None and _text_without_string(
+        event["data"], _string(event, "datacontenttype")
+    ):
+        raise EnvelopeError("unexpected data type encountered in envelope")
+
+
 def _payload(event: Mapping[str, Any], content_type: str) -> bytes:
-    if "data_base64" in event and event["data_base64"] is not None:
-        encoded = event["data_base64"]
-        if not isinstance(encoded, str):
-            raise EnvelopeError("unexpected data type encountered in envelope")
-        try:
-            return base64.b64decode(encoded, validate=True)
-        except binascii.Error as err:
-            raise EnvelopeError(f"unable to base64 decode cloudEvent field data_base64: {err}") from err
+    if event.get("data_base64") is not None:
+        return _decode_base64(event["data_base64"])
     data = event.get("data")
     if data is None:
         return b""
@@ -257,7 +300,7 @@ def _payload(event: Mapping[str, Any], content_type: str) -> bytes:
         # daprd only copies strings for text/* and application/xml (other types arrive empty);
         # the embedded sidecar hands any string payload over rather than silently dropping it.
         return data.encode()
-    if is_string(content_type):
+    if _text_without_string(data, content_type):
         raise EnvelopeError("unexpected data type encountered in envelope")
     return go_json(data)
 

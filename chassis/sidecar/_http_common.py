@@ -1,14 +1,13 @@
 """Shared pieces of the HTTP API: daprd's error JSON, request parsing and the per-route span.
 
 Every route handler is wrapped by `route`, so an `ApiError` (the same errors the gRPC API raises)
-becomes daprd's `{errorCode, message}` body with its HTTP status, and nothing a client sends can crash
-the server: an unexpected exception is logged and answered 500 ERR_INTERNAL.
+becomes daprd's `{errorCode, message, details}` body with its HTTP status, and nothing a client sends
+can crash the server: an unexpected exception is logged and answered 500 ERR_INTERNAL.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -18,6 +17,7 @@ from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from chassis.sidecar import _cloudevents as ce
 from chassis.sidecar._status import ApiError
 from chassis.sidecar._tracing import context_from_metadata
 
@@ -57,8 +57,8 @@ async def read_json(request: web.Request) -> Any:
     """The body decoded as JSON; a decoding error is daprd's 400 ERR_MALFORMED_REQUEST."""
     body = await request.read()
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
+        return ce.parse_json(body)  # as strict as daprd's Go decoder: no NaN, no number past float64
+    except ValueError as err:  # UnicodeDecodeError included
         raise malformed(f"failed deserializing HTTP body: {err}") from None
 
 

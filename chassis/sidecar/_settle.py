@@ -1,10 +1,10 @@
 """Settling one claimed message as daprd does: expiry and routing first, then ack, redeliver or dead-letter.
 
 `prepare` turns a claimed message into a routed Delivery, or into the outcome of a message that is
-not delivered at all (expired, no route, a rule that cannot be evaluated). `Settler` applies an
-outcome in the broker: SUCCESS acks; RETRY backs off (100 ms doubling up to the component's
-`redeliverInterval`); DROP, and RETRY when the subscription has a dead-letter topic (daprd without a
-resiliency policy), publish the original CloudEvent bytes to that topic and ack.
+not delivered at all (undecodable data, expired, no route, a rule that cannot be evaluated).
+`Settler` applies an outcome in the broker: SUCCESS acks; RETRY backs off (100 ms doubling up to the
+component's `redeliverInterval`); DROP, and RETRY when the subscription has a dead-letter topic (daprd
+without a resiliency policy), publish the original CloudEvent bytes to that topic and ack.
 """
 
 from __future__ import annotations
@@ -96,9 +96,16 @@ class Settler:
 
 
 def prepare(pubsub: str, sub: Subscription, message: Message) -> Delivery | Outcome:
-    """The routed Delivery, or the outcome of a message that is not delivered (expired, unroutable)."""
+    """The routed Delivery, or the outcome of a message not delivered (undecodable, expired, unroutable)."""
     raw = ce.is_raw_payload(message.metadata) or ce.is_raw_payload(sub.metadata)
     event = ce.read_message(message.data, topic=message.topic, pubsub=pubsub, raw=raw)
+    try:
+        ce.check_payload(event)
+    except ce.EnvelopeError as err:  # every attempt would fail the same way: drop, never retry
+        log.error(
+            "dropping undecodable pub/sub event %s on topic %s: %s", event.get("id"), message.topic, err
+        )
+        return Outcome.DROP
     if ce.has_expired(event):
         log.warning("dropping expired pub/sub event %s as of %s", event.get("id"), event.get("expiration"))
         return Outcome.DROP

@@ -1,7 +1,8 @@
 """daprd-style API errors: a gRPC code, daprd's message and google.rpc.Status rich details.
 
 The Python SDK's `DaprGrpcError` parses `grpc-status-details-bin` (ErrorInfo, ResourceInfo, BadRequest),
-so the embedded sidecar sends the same details daprd sends (`dapr/kit/errors` builder, domain "dapr.io").
+so the embedded sidecar sends the same details daprd sends (`dapr/kit/errors` builder, domain "dapr.io");
+the HTTP body carries them too, as `details` (dapr/kit `Error.JSONErrorValue`).
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from typing import Any, NoReturn
 
 import grpc
 import grpc.aio
+from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
 DOMAIN = "dapr.io"
 _DETAILS_KEY = "grpc-status-details-bin"
+_TYPE_PREFIX = "type.googleapis.com/"
 
 
 class ApiError(Exception):
@@ -49,9 +52,36 @@ class ApiError(Exception):
         """End the RPC with this error."""
         await context.abort(self.code, self.message, self.trailing_metadata())
 
-    def http_body(self) -> dict[str, str]:
-        """daprd's HTTP error JSON `{errorCode, message}`."""
-        return {"errorCode": self.error_code, "message": self.message}
+    def http_body(self) -> dict[str, Any]:
+        """daprd's HTTP error JSON `{errorCode, message}`, plus `details` when the error has rich details."""
+        body: dict[str, Any] = {"errorCode": self.error_code, "message": self.message}
+        if self.details:
+            body["details"] = [detail_json(detail) for detail in self.details]
+        return body
+
+
+def detail_json(detail: Message) -> dict[str, Any]:
+    """One rich detail as dapr/kit writes it in HTTP bodies: `@type` plus the proto field names."""
+    fields: dict[str, Any]
+    if isinstance(detail, error_details_pb2.ErrorInfo):
+        fields = {"reason": detail.reason, "domain": detail.domain, "metadata": dict(detail.metadata)}
+    elif isinstance(detail, error_details_pb2.ResourceInfo):
+        fields = {
+            "resource_type": detail.resource_type,
+            "resource_name": detail.resource_name,
+            "owner": detail.owner,
+            "description": detail.description,
+        }
+    elif isinstance(detail, error_details_pb2.BadRequest):
+        # Go's encoding/json of the violation structs: empty fields are omitted (`omitempty`).
+        fields = {
+            "field_violations": [
+                MessageToDict(v, preserving_proto_field_name=True) for v in detail.field_violations
+            ]
+        }
+    else:
+        fields = MessageToDict(detail, preserving_proto_field_name=True)
+    return {"@type": _TYPE_PREFIX + detail.DESCRIPTOR.full_name} | fields
 
 
 def error_info(reason: str, metadata: dict[str, str] | None = None) -> error_details_pb2.ErrorInfo:

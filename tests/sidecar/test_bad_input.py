@@ -1,8 +1,10 @@
 """Bad input to the embedded sidecar: malformed protobuf and CloudEvents, invalid resource YAML.
 
 Property-based (hypothesis) against real processes. One sidecar, with the subscriber app behind it,
-takes undecodable gRPC requests and broken CloudEvents: each gets a clear, stable error, stored values
-and ETags stay as they were, nothing broken reaches the subscriber, and the sidecar logs no traceback.
+takes undecodable gRPC requests, broken CloudEvents and JSON that Go's decoder refuses: each gets a
+clear, stable error (with daprd's `details` over HTTP), stored values and ETags stay as they were,
+nothing broken reaches the subscriber (a stored event that cannot be decoded is dropped, not retried),
+and the sidecar logs no traceback.
 Resource YAML is fuzzed through `load_specs` in-process; two real start-ups then fail with one line
 and leave the existing state file alone. Wrong tokens and oversized payloads: test_security.py.
 """
@@ -10,9 +12,11 @@ and leave the existing state file alone. Wrong tokens and oversized payloads: te
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,8 +39,12 @@ from test_delivery import Pair, start_pair
 from test_http_api import call
 
 from chassis.sidecar._errors import ResourceError
+from chassis.sidecar._outcomes import Delivery, Outcome
 from chassis.sidecar._resources import DRIVERS, load_specs
-from chassis.sidecar.components import state_sqlite
+from chassis.sidecar._settle import prepare
+from chassis.sidecar._subscriptions import Subscription
+from chassis.sidecar.components import Message as Stored
+from chassis.sidecar.components import pubsub_sqlite, state_sqlite
 
 STORE, PUBSUB = "statestore", "pubsub"
 TOPIC = "orders"  # the subscriber app answers SUCCESS and records every delivery
@@ -280,7 +288,25 @@ _not_finite = st.builds(
     st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-1e400"]),
     st.sampled_from(["data", "source", "ext"]),
 )
-MALFORMED_EVENTS = st.one_of(_not_json, _not_an_object, _truncated, _not_finite)
+
+
+def _not_base64(text: str) -> bool:
+    try:
+        base64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error, or not ASCII
+        return True
+    return False
+
+
+# daprd stores these and then can never hand them to a gRPC app (a poison message): refused at publish.
+_bad_data_base64 = st.builds(
+    lambda value: json.dumps({"specversion": "1.0", "id": "x", "type": "t", "data_base64": value}),
+    st.one_of(
+        st.integers(), st.booleans(), st.lists(st.integers(), max_size=2), st.just({"a": 1}),
+        st.text(max_size=12).filter(_not_base64),
+    ),
+).map(str.encode)  # fmt: skip
+MALFORMED_EVENTS = st.one_of(_not_json, _not_an_object, _truncated, _not_finite, _bad_data_base64)
 
 
 def marker_of(record: dict[str, Any]) -> str | None:
@@ -374,6 +400,150 @@ def test_cloudevents_missing_or_mistyping_attributes_are_delivered_as_daprd_woul
         assert {name: record[name] for name in want} == want
         assert record["extensions"]["note"] == "\ufffd"
     assert_clean_log(stack.sidecar)
+
+
+# ---- undecodable events already in the broker ------------------------------------------------------
+
+# Stored by something other than this sidecar's publish (another publisher, an older version):
+# no app channel could ever build their data, so they are dropped (logged, counted), never retried.
+POISON = {
+    "number-base64": {"data_base64": 5},
+    "bad-base64": {"data_base64": "not base64!"},
+    "text-object": {"datacontenttype": "text/plain", "data": {"a": 1}},
+}
+
+
+def poison_event(name: str, event_id: str) -> bytes:
+    return json.dumps(
+        {"specversion": "1.0", "id": event_id, "source": "s", "type": "t"} | POISON[name]
+    ).encode()
+
+
+@pytest.mark.parametrize("name", sorted(POISON))
+def test_prepare_drops_what_no_app_could_decode(name: str) -> None:
+    sub = Subscription(PUBSUB, TOPIC)
+    stored = Stored(seq=1, topic=TOPIC, data=poison_event(name, "p"), metadata={}, attempts=1)
+    assert prepare(PUBSUB, sub, stored) is Outcome.DROP
+    fine = Stored(seq=2, topic=TOPIC, data=b'{"id": "f", "data_base64": "aGk="}', metadata={}, attempts=1)
+    assert isinstance(prepare(PUBSUB, sub, fine), Delivery)
+
+
+def store_directly(stack: Pair, events: list[bytes]) -> None:
+    """Write into the sidecar's broker database as another process would, bypassing publish."""
+
+    async def write() -> None:
+        metadata = {"connectionString": "data/pubsub.db"}  # FAST_PUBSUB_YAML, relative to the sidecar's cwd
+        broker = await pubsub_sqlite.DRIVER.open(PUBSUB, metadata, app_id="other", base_dir=stack.sidecar.cwd)
+        try:
+            for event in events:
+                await broker.publish(TOPIC, event, {})
+        finally:
+            await broker.close()
+
+    asyncio.run(write())
+
+
+def test_undecodable_stored_events_are_dropped_once_not_retried(stack: Pair, client: DaprClient) -> None:
+    ids = {name: f"poison-{name}-{uuid.uuid4().hex}" for name in POISON}
+    store_directly(stack, [poison_event(name, event_id) for name, event_id in ids.items()])
+    publish_marker(stack, client)  # published after them: by now each has been claimed at least once
+
+    def dropped() -> dict[str, int] | None:
+        log = stack.sidecar.log()
+        counts = {
+            event_id: log.count(f"dropping undecodable pub/sub event {event_id}") for event_id in ids.values()
+        }
+        return counts if all(counts.values()) else None
+
+    wait_until(dropped, what="the undecodable events dropped")
+    time.sleep(1.0)  # retries would come back within this (100 ms back-off, 500 ms cap)
+    assert set(wait_until(dropped, what="drops").values()) == {1}
+    assert not [r for r in stack.deliveries(topic=TOPIC) if r.get("id") in ids.values()]
+    assert_clean_log(stack.sidecar)
+
+
+# ---- JSON over HTTP as Go's decoder reads it ----------------------------------------------------------
+
+
+def state_path(key: str = "") -> str:
+    return f"/v1.0/state/{STORE}" + (f"/{urllib.parse.quote(key, safe='')}" if key else "")
+
+
+def test_lone_surrogate_escapes_become_u_fffd_as_in_daprd(stack: Pair) -> None:
+    """Go's encoding/json reads a lone surrogate escape as U+FFFD: daprd saves it under that key."""
+    suffix = uuid.uuid4().hex
+    saved = call(stack.sidecar, "POST", state_path(), '[{"key":"\\ud800","value":1}]')
+    assert saved.status == 204, saved
+    assert call(stack.sidecar, "GET", state_path("\ufffd")).json() == 1
+    body = f'[{{"key":"k\\udfff{suffix}","value":"v\\ud800","metadata":{{"note":"\\udbff"}}}}]'
+    assert call(stack.sidecar, "POST", state_path(), body).status == 204
+    assert call(stack.sidecar, "GET", state_path(f"k\ufffd{suffix}")).json() == "v\ufffd"
+    upsert = f'{{"operations":[{{"operation":"upsert","request":{{"key":"t\\ud800{suffix}","value":2}}}}]}}'
+    assert call(stack.sidecar, "POST", state_path() + "/transaction", upsert).status == 204
+    bulk = call(stack.sidecar, "POST", state_path() + "/bulk", f'{{"keys":["t\\ud800{suffix}"]}}')
+    assert bulk.json() == [{"key": f"t\ufffd{suffix}", "data": 2, "etag": bulk.json()[0]["etag"]}]
+    assert_clean_log(stack.sidecar)
+
+
+# Python's json reads these; Go's decoder (daprd's json.Unmarshal) refuses them.
+NOT_GO_JSON = ["NaN", "Infinity", "-Infinity", "1e999", "-1e400", "1" + "0" * 400]
+
+
+@pytest.mark.parametrize("number", NOT_GO_JSON)
+def test_numbers_go_refuses_are_400_and_change_nothing(stack: Pair, client: DaprClient, number: str) -> None:
+    victim = f"victim-{uuid.uuid4().hex}"
+    item = f'{{"key":"{victim}","value":{number}}}'
+    for path, body in [
+        (state_path(), f"[{item}]"),
+        (state_path(), f'[{{"key":"{victim}","value":{{"deep":[1,{number}]}}}}]'),
+        (state_path() + "/transaction", '{"operations":[{"operation":"upsert","request":' + item + "}]}"),
+        ("/v1.0/bindings/anything", f'{{"operation":"create","data":{number}}}'),
+    ]:  # fmt: skip
+        answer = call(stack.sidecar, "POST", path, body)
+        assert (answer.status, answer.json()["errorCode"]) == (400, "ERR_MALFORMED_REQUEST"), (body, answer)
+    assert call(stack.sidecar, "GET", state_path(victim)).status == 204
+    marker = f"marker-{uuid.uuid4().hex}"
+    entries = f'[{{"entryId":"1","event":{{"marker":"{marker}"}},"contentType":"application/json"}},'
+    entries += f'{{"entryId":"2","event":{number},"contentType":"application/json"}}]'
+    answer = call(stack.sidecar, "POST", f"/v1.0-alpha1/publish/bulk/{PUBSUB}/{TOPIC}", entries)
+    assert (answer.status, answer.json()["errorCode"]) == (400, "ERR_PUBSUB_EVENTS_SER"), answer
+    publish_marker(stack, client)  # the refused entry 1 would have arrived before this one
+    assert marker not in {marker_of(r) for r in stack.deliveries(topic=TOPIC)}
+    assert_clean_log(stack.sidecar)
+
+
+# ---- daprd's error details over HTTP ------------------------------------------------------------------
+
+ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+
+
+def error_info(body: dict[str, Any]) -> dict[str, Any]:
+    infos = [detail for detail in body["details"] if detail["@type"] == ERROR_INFO]
+    assert len(infos) == 1, body
+    assert infos[0]["domain"] == "dapr.io"
+    return infos[0]
+
+
+def test_http_errors_carry_the_details_grpc_sends(stack: Pair, client: DaprClient) -> None:
+    illegal = call(stack.sidecar, "POST", state_path(), [{"key": "a||b", "value": 1}]).json()
+    with pytest.raises(DaprGrpcError) as grpc_error:
+        client.save_state(STORE, "a||b", b"1")
+    assert error_info(illegal)["reason"] == grpc_error.value.error_code() == "DAPR_STATE_ILLEGAL_KEY"
+    assert {"@type": "type.googleapis.com/google.rpc.ResourceInfo", "resource_type": "state",
+            "resource_name": STORE, "owner": "", "description": ""} in illegal["details"]  # fmt: skip
+    violation = {"field": "a||b", "description": illegal["message"]}
+    assert {"@type": "type.googleapis.com/google.rpc.BadRequest", "field_violations": [violation]} in illegal[
+        "details"
+    ]
+    for path, reason in [
+        (f"/v1.0/publish/no-such-pubsub/{TOPIC}", "DAPR_PUBSUB_NOT_FOUND"),
+        ("/v1.0/state/no-such-store", "DAPR_STATE_NOT_FOUND"),
+    ]:
+        assert error_info(call(stack.sidecar, "POST", path, b"[]").json())["reason"] == reason
+    answer = call(stack.sidecar, "POST", f"/v1.0/publish/{PUBSUB}/{TOPIC}", b"[1]", CE_HEADERS).json()
+    assert error_info(answer)["reason"] == "DAPR_PUBSUB_CLOUD_EVENT_CREATION"
+    # daprd's plain `{errorCode, message}` errors (no rich details on gRPC either) stay without them.
+    assert "details" not in call(stack.sidecar, "POST", state_path(), b"{not json").json()
 
 
 # ---- invalid resource YAML -------------------------------------------------------------------------
