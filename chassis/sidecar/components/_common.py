@@ -1,16 +1,26 @@
-"""Metadata rules several drivers share: Dapr's state key prefix and positive durations / counts.
+"""Metadata rules several drivers share: Dapr's state key prefix, positive durations / counts, and the
+publish metadata brokers carry beside a message.
 
 One copy, so `state.sqlite` and `state.redis` (or the two brokers) cannot drift apart.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 from chassis.sidecar._errors import IllegalKey, InvalidMetadata
 from chassis.sidecar.components import meta_get, parse_duration
 
-__all__ = ["SEPARATOR", "check_key_prefix", "key_prefix", "positive_duration", "positive_int", "prefixed"]
+__all__ = [
+    "SEPARATOR",
+    "check_key_prefix",
+    "key_prefix",
+    "message_metadata",
+    "positive_duration",
+    "positive_int",
+    "prefixed",
+]
 
 SEPARATOR = "||"
 
@@ -68,3 +78,13 @@ def positive_int(metadata: Mapping[str, str], field: str) -> int | None:
     if not text.isdigit() or int(text) == 0:
         raise InvalidMetadata(field, f"must be a positive integer, got {text!r}")
     return int(text)
+
+
+def message_metadata(stored: str | bytes | None) -> dict[str, str] | None:
+    """The JSON object of publish metadata a driver stored with a message; None when it is absent or
+    not such an object (a message from another client, such as daprd)."""
+    try:
+        metadata = json.loads(stored) if stored else None
+    except ValueError:  # not JSON, or bytes that are not UTF-8
+        return None
+    return {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else None

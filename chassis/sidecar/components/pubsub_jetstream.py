@@ -33,7 +33,7 @@ from nats.js import JetStreamContext
 
 from chassis.sidecar._errors import ComponentError, InvalidMetadata
 from chassis.sidecar.components import Driver, Message, meta_get
-from chassis.sidecar.components._common import positive_duration
+from chassis.sidecar.components._common import message_metadata, positive_duration
 from chassis.sidecar.components._held import Held, Wakeup, boolean, client_errors, whole_number
 
 __all__ = ["DRIVER", "JetStreamPubSub"]
@@ -352,11 +352,7 @@ def _message(topic: str, msg: Msg) -> Message:
 
 def _metadata(header: str | None) -> dict[str, str]:
     """The metadata header; messages from other clients (daprd) lack it or hold something else."""
-    try:
-        metadata = json.loads(header) if header else {}
-    except ValueError:
-        return {}
-    return {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
+    return message_metadata(header) or {}
 
 
 DRIVER = Driver(

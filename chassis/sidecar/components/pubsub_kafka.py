@@ -33,7 +33,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-
 
 from chassis.sidecar._errors import ComponentError, InvalidMetadata
 from chassis.sidecar.components import Driver, Message, meta_get, parse_duration
-from chassis.sidecar.components._common import positive_duration, positive_int
+from chassis.sidecar.components._common import message_metadata, positive_duration, positive_int
 from chassis.sidecar.components._held import Held, SeqClock, Wakeup, boolean, client_errors
 
 __all__ = ["DRIVER", "KafkaPubSub"]
@@ -502,13 +502,8 @@ def _seq(header: bytes | None) -> int | None:
 
 def _metadata(headers: Mapping[str, bytes]) -> dict[str, str]:
     """Our JSON copy of the publish metadata; else, as Dapr does, every header (daprd, other clients)."""
-    text = headers.get(METADATA_HEADER)
-    try:
-        metadata = json.loads(text) if text is not None else None
-    except ValueError:
-        metadata = None
-    if isinstance(metadata, dict):
-        return {str(k): str(v) for k, v in metadata.items()}
+    if (metadata := message_metadata(headers.get(METADATA_HEADER))) is not None:
+        return metadata
     return {
         key: (value or b"").decode(errors="replace") for key, value in headers.items() if key != SEQ_HEADER
     }

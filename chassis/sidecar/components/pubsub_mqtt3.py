@@ -54,7 +54,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from chassis.sidecar._errors import ComponentError, InvalidMetadata
 from chassis.sidecar.components import Driver, Message, meta_get
-from chassis.sidecar.components._common import positive_duration
+from chassis.sidecar.components._common import message_metadata, positive_duration
 from chassis.sidecar.components._held import Held, SeqClock, Wakeup, boolean, client_errors, whole_number
 
 __all__ = ["DRIVER", "MQTTPubSub"]
@@ -577,11 +577,7 @@ def _seq(text: str | None) -> int | None:
 
 def _metadata(text: str | None) -> dict[str, str]:
     """The metadata property; messages from other clients (daprd) lack it or hold something else."""
-    try:
-        metadata = json.loads(text) if text else {}
-    except ValueError:
-        return {}
-    return {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
+    return message_metadata(text) or {}
 
 
 DRIVER = Driver(

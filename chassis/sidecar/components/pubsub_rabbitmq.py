@@ -30,7 +30,7 @@ import aiormq.exceptions
 
 from chassis.sidecar._errors import ComponentError, InvalidMetadata
 from chassis.sidecar.components import Driver, Message, meta_get
-from chassis.sidecar.components._common import positive_duration
+from chassis.sidecar.components._common import message_metadata, positive_duration
 from chassis.sidecar.components._held import Held, SeqClock, Wakeup, boolean, client_errors, whole_number
 
 __all__ = ["DRIVER", "RabbitMQPubSub"]
@@ -309,13 +309,7 @@ class RabbitMQPubSub:
 
 def _metadata(header: object) -> dict[str, str]:
     """The metadata header; messages from other clients (daprd) may lack it or hold something else."""
-    if isinstance(header, bytes):
-        header = header.decode(errors="replace")
-    try:
-        metadata = json.loads(header) if isinstance(header, str) else {}
-    except ValueError:
-        return {}
-    return {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
+    return message_metadata(header if isinstance(header, str | bytes) else None) or {}
 
 
 def _seq(header: object) -> int | None:

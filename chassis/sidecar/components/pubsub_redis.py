@@ -22,7 +22,7 @@ from redis.typing import EncodableT
 
 from chassis.sidecar._errors import ComponentError, InvalidMetadata
 from chassis.sidecar.components import Driver, Message, meta_get
-from chassis.sidecar.components._common import positive_duration, positive_int
+from chassis.sidecar.components._common import message_metadata, positive_duration, positive_int
 from chassis.sidecar.components._redis import check_connection, connect, ping, redis_errors
 
 __all__ = ["DRIVER", "RedisPubSub"]
@@ -92,11 +92,7 @@ def _message(topic: str, entry_id: bytes, fields: Mapping[bytes, bytes], attempt
 
 def _metadata(fields: Mapping[bytes, bytes]) -> dict[str, str]:
     """The `metadata` field; entries written by other clients may lack it or hold something else."""
-    try:
-        metadata = json.loads(fields.get(b"metadata", b"{}"))
-    except ValueError:
-        return {}
-    return {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
+    return message_metadata(fields.get(b"metadata")) or {}
 
 
 def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
