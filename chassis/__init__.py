@@ -22,6 +22,7 @@ from chassis._events import EventContext, event_type_of
 from chassis._pubsub import Publisher
 from chassis._resilience import retrying
 from chassis._runtime import Service
+from chassis._secrets import DaprSecret
 from chassis._settings import ServiceSettings, load_settings
 from chassis._state import Delete, StateRepository, Upsert, Versioned
 from chassis._telemetry import context_from_traceparent, current_traceparent, setup_telemetry
@@ -33,6 +34,7 @@ __all__ = [
     "Contract",
     "ContractError",
     "Dapr",
+    "DaprSecret",
     "Delete",
     "Drop",
     "EventContext",

@@ -80,12 +80,12 @@ class Dapr:
         interceptors: list[Any] = aio_client_interceptors()  # type: ignore[no-untyped-call]
         # The constructor probes the sidecar's HTTP port as the SDK's settings say (DAPR_HTTP_PORT env,
         # else 3500); point that probe at this service's sidecar, which need not match the env.
-        with _sdk_setting("DAPR_HTTP_ENDPOINT", f"http://127.0.0.1:{self._settings.dapr_http_port}"):
+        with sdk_setting("DAPR_HTTP_ENDPOINT", f"http://127.0.0.1:{self._settings.dapr_http_port}"):
             return DaprClient(address=self.address, interceptors=interceptors)
 
 
 @contextmanager
-def _sdk_setting(name: str, value: str) -> Iterator[None]:
+def sdk_setting(name: str, value: object) -> Iterator[None]:
     """Override one `dapr.conf.settings` value for a synchronous block, then restore it."""
     assigned = vars(dapr_settings)
     missing = object()

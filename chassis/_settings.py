@@ -1,4 +1,5 @@
-"""Typed service configuration, read once at start-up from the environment (and `.env`).
+"""Typed service configuration, read once at start-up from the environment, `.env`, and the Dapr
+secret store for fields marked `DaprSecret` (see _secrets.py).
 
 A bad value stops the process with one line naming the environment variable, never a traceback.
 """
@@ -10,11 +11,14 @@ import sys
 from typing import Any, TypeVar
 
 from pydantic import AliasChoices, AliasPath, Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from chassis._secrets import DaprSecretsSource, SecretSettingError
 
 S = TypeVar("S", bound="ServiceSettings")
 
 DEFAULT_DAPR_GRPC_PORT = 50001
+DEFAULT_DAPR_HTTP_PORT = 3500
 
 
 class ServiceSettings(BaseSettings):
@@ -32,10 +36,24 @@ class ServiceSettings(BaseSettings):
     dapr_grpc_port: int = Field(
         default=DEFAULT_DAPR_GRPC_PORT, validation_alias="DAPR_GRPC_PORT", ge=1, le=65535
     )
-    dapr_http_port: int = Field(default=3500, validation_alias="DAPR_HTTP_PORT", ge=1, le=65535)
+    dapr_http_port: int = Field(
+        default=DEFAULT_DAPR_HTTP_PORT, validation_alias="DAPR_HTTP_PORT", ge=1, le=65535
+    )
     state_store: str = Field(default="statestore", validation_alias="CHASSIS_STATE_STORE", min_length=1)
     pubsub: str = Field(default="pubsub", validation_alias="CHASSIS_PUBSUB", min_length=1)
     drain_seconds: float = Field(default=10.0, validation_alias="CHASSIS_DRAIN_SECONDS", ge=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment, then `.env`, then Dapr secrets; defaults last."""
+        return init_settings, env_settings, dotenv_settings, DaprSecretsSource(settings_cls)
 
 
 def load_settings(cls: type[S]) -> S:
@@ -44,6 +62,9 @@ def load_settings(cls: type[S]) -> S:
         return cls()  # type: ignore[call-arg]  # the values come from the environment
     except ValidationError as err:
         print(describe_error(cls, err), file=sys.stderr)
+        raise SystemExit(2) from None
+    except SecretSettingError as err:
+        print(f"config error: {env_var_of(cls, err.setting)}: {err.problem}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
