@@ -1,4 +1,5 @@
-"""`python -m benchmarks [invoke state pubsub bulk]`: run the chosen benchmarks (default all), print tables.
+"""`python -m benchmarks [invoke state pubsub bulk scaffold]`: run the chosen benchmarks (default all),
+print tables.
 
 Set BENCH_PROFILE=<dir> to sample the sidecar with py-spy during each measurement (figures then skewed).
 """
@@ -11,15 +12,16 @@ import platform
 import sys
 import time
 
-from benchmarks import bulk, invoke, pubsub, state
+from benchmarks import bulk, invoke, pubsub, scaffold, state
 from benchmarks._common import clean_environment, report
 
-SUITES = {"invoke": invoke, "state": state, "pubsub": pubsub, "bulk": bulk}
+SUITES = {"invoke": invoke, "state": state, "pubsub": pubsub, "bulk": bulk, "scaffold": scaffold}
 TITLES = {
     "invoke": "invoke hop (grpc.health Check: direct vs sidecar proxy)",
     "state": "state get/save (async SDK)",
     "pubsub": "publish and publish -> handler",
     "bulk": "delivery rate on Redis",
+    "scaffold": "chassis new -> the new service's tests -> chassis up (all apps up)",
 }
 
 

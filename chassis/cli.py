@@ -58,7 +58,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_new(args: argparse.Namespace) -> int:
-    from chassis._launch._new import NewOptions, new_service
+    from chassis._launch._new import InvalidName, NewOptions, new_service
 
     opts = NewOptions(
         name=args.name,
@@ -67,8 +67,29 @@ def _cmd_new(args: argparse.Namespace) -> int:
         description=args.description,
         author=args.author,
     )
-    new_service(opts)
+    try:
+        new_service(opts)
+    except InvalidName as err:
+        # A usage error, refused before anything is written: argparse's exit status for bad arguments.
+        print(f"chassis new: {err}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _cmd_template_check(args: argparse.Namespace) -> int:
+    from chassis._launch._new import template_drift, template_version
+
+    project = Path(args.project_dir).resolve()
+    drift = template_drift(project)
+    for service, problem in drift:
+        print(f"{service.relative_to(project)}: {problem or 'in step with the template'}")
+    if not drift:
+        print(f"no services under {project / 'services'}")
+    version = template_version(project / "templates" / "service")
+    if version is not None and version.dirty:
+        # Commits are compared; once these changes are committed, every service above falls behind.
+        print(f"note: {version.directory} has uncommitted changes, not part of commit {version.commit[:12]}")
+    return 1 if any(problem for _, problem in drift) else 0
 
 
 def _cmd_protoc(args: argparse.Namespace) -> int:
@@ -132,6 +153,28 @@ def _add_new_and_protoc(commands: argparse._SubParsersAction[argparse.ArgumentPa
     protoc = commands.add_parser("protoc", help="compile proto/ into .chassis/gen and print that folder")
     protoc.add_argument("--project-dir", default=".", help="a folder at or below the project root")
     protoc.set_defaults(handler=_cmd_protoc)
+    check = commands.add_parser(
+        "template-check", help="fail when a service's .cruft.json is behind templates/service's last commit"
+    )
+    check.add_argument("--project-dir", default=".", help="the project holding services/ and templates/")
+    check.set_defaults(handler=_cmd_template_check)
+
+
+def _cmd_trace(args: argparse.Namespace) -> int:
+    from chassis._trace_view import default_trace_file, main_trace
+
+    return main_trace(args.trace_id, Path(args.file) if args.file else default_trace_file())
+
+
+def _add_trace(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    trace = commands.add_parser("trace", help="draw one trace of the span file as a waterfall")
+    trace.add_argument("trace_id", metavar="TRACE_ID", help="32 hex digits (every JSON log line carries one)")
+    trace.add_argument(
+        "--file",
+        metavar="PATH",
+        help="the span file (default: $CHASSIS_TRACE_FILE, else .chassis/traces.jsonl)",
+    )
+    trace.set_defaults(handler=_cmd_trace)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_up_and_demo(commands)
     _add_new_and_protoc(commands)
+    _add_trace(commands)
     return parser
 
 

@@ -1,14 +1,20 @@
 """`chassis new`: scaffold a service from `templates/service`, move its contract into `proto/`, and
 register it in the project's multi-app run file so `chassis up` starts it at once.
+
+Every service records the template commit it was made from in `.cruft.json` (cruft's format), so
+`chassis template-check` can say which services have not taken a later change of the template.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import keyword
+import os
 import re
 import shutil
+import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +25,15 @@ import chassis
 from chassis._errors import ConfigError
 from chassis._launch import _runfile
 
+# A DNS-1123 label (a Kubernetes name and a Dapr app id) that also makes a Python package once `-` is `_`.
 NAME_RULE = re.compile(r"[a-z][a-z0-9-]{1,39}")
-# Names whose package would shadow something every service imports.
-RESERVED = frozenset({"chassis", "mooc", "dapr", "grpc", "google", "tests", "test", "services"})
+# Packages every service imports, and folders of the project that pytest or `python -m` could pick up.
+RESERVED = frozenset(
+    {"chassis", "mooc", "dapr", "grpc", "google", "tests", "test", "services", "benchmarks", "examples"}
+)
 DEFAULT_DESCRIPTION = "A MOOC domain service built on mooc-chassis."
 DEFAULT_AUTHOR = "MOOC platform team"
+CRUFT_FILE = ".cruft.json"
 RUN_FILE_HEADER = """\
 # Multi-app run file in Dapr's `dapr run -f` format: `chassis up -f dapr.yaml` starts every app below
 # beside its own sidecar. Ports left out are picked free at start.
@@ -36,6 +46,13 @@ def template_dir() -> Path:
     return Path(chassis.__file__).resolve().parents[1] / "templates" / "service"
 
 
+class InvalidName(ConfigError):
+    """A name `chassis new` refuses; nothing has been written when it is raised (the CLI exits 2)."""
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(f"invalid service name {name!r}: {why}")
+
+
 @dataclass(frozen=True)
 class NewOptions:
     name: str
@@ -45,17 +62,51 @@ class NewOptions:
     author: str | None = None
 
 
-def check_name(name: str) -> str:
-    """The service's Python package name (its slug); ConfigError saying what is wrong with `name`."""
-    if not NAME_RULE.fullmatch(name):
-        raise ConfigError(
-            f"invalid service name {name!r}: use 2-40 lowercase letters, digits and hyphens, "
-            "starting with a letter (e.g. quiz-analytics)"
+def check_name(name: str, project: Path | None = None) -> str:
+    """The service's Python package name (its slug); InvalidName saying what is wrong with `name`.
+
+    With `project`, a name already taken there (a folder under services/, an app id in dapr.yaml) is
+    refused too.
+    """
+    if not NAME_RULE.fullmatch(name) or name.endswith("-") or "--" in name:
+        raise InvalidName(
+            name,
+            "use 2-40 lowercase letters, digits and single hyphens, starting with a letter and ending "
+            "with a letter or digit (e.g. quiz-analytics), so it is a Dapr app id, a Kubernetes name "
+            "and a Python package",
         )
     slug = name.replace("-", "_")
-    if slug in RESERVED or keyword.iskeyword(slug) or name.endswith("-") or "--" in name:
-        raise ConfigError(f"invalid service name {name!r}: reserved, or not usable as a Python package name")
+    if keyword.iskeyword(slug):
+        raise InvalidName(name, f"{slug!r} is a Python keyword, so it cannot be a package name")
+    if project is not None:
+        _check_free(name, slug, project)
+    shadowed = _shadows(slug)
+    if shadowed:
+        raise InvalidName(name, f"the package {slug!r} would shadow {shadowed}; choose another name")
     return slug
+
+
+def _check_free(name: str, slug: str, project: Path) -> None:
+    target = project / "services" / slug
+    if target.exists():
+        raise InvalidName(name, f"{target} already exists; choose another name or remove it")
+    run_file = project / _runfile.DEFAULT_NAME
+    if run_file.is_file():
+        apps = _load_yaml(run_file).get("apps") or []
+        if any(isinstance(app, dict) and app.get("appID") == name for app in apps):
+            raise InvalidName(name, f"{run_file} already registers the app id '{name}'")
+
+
+def _shadows(slug: str) -> str | None:
+    """What importing `slug` would hide instead of the service (a service runs as `python -m slug`)."""
+    if slug in RESERVED:
+        return "a package every service imports, or a folder of the project"
+    if slug in sys.stdlib_module_names or slug in sys.builtin_module_names:
+        return "the standard library module of that name"
+    installed = importlib.metadata.packages_distributions().get(slug)
+    if installed:
+        return f"the installed module of that name (from {', '.join(sorted(set(installed)))})"
+    return None
 
 
 def pascal(name: str) -> str:
@@ -64,20 +115,18 @@ def pascal(name: str) -> str:
 
 def new_service(opts: NewOptions) -> Path:
     """Generate the service; return its folder. Everything is checked before anything is written."""
-    slug = check_name(opts.name)
     project = opts.project_dir.resolve()
+    slug = check_name(opts.name, project)
     target = project / "services" / slug
-    if target.exists():
-        raise ConfigError(f"{target}: already exists; choose another name or remove it")
     run_file = project / _runfile.DEFAULT_NAME
-    _check_not_registered(run_file, opts.name)
     context = _context(opts, slug)
-    _render(context, project / "services")
+    rendered = _render(context, project / "services")
     proto = _move_proto(target, project, slug)
     _register(run_file, opts.name, slug, project)
     print(f"created {target}")
     print(f"contract {proto}")
     print(f"registered '{opts.name}' in {run_file}")
+    _record_template(target, rendered)
     return target
 
 
@@ -101,21 +150,18 @@ def _ask(what: str, default: str, no_input: bool) -> str:
     return answer or default
 
 
-def _render(context: dict[str, str], output_dir: Path) -> None:
-    from cookiecutter.main import cookiecutter  # slow import, only needed here
+def _render(context: dict[str, str], output_dir: Path) -> dict[str, Any]:
+    """Generate the service as `cruft create` does; return the full context cookiecutter rendered with."""
+    # Slow imports, only needed here; the user's cookiecutter config is not read (as with --no-input).
+    from cookiecutter.generate import generate_context, generate_files
+    from cookiecutter.prompt import prompt_for_config
 
+    template = template_dir()
+    full = generate_context(context_file=str(template / "cookiecutter.json"), extra_context=context)
+    full["cookiecutter"] = prompt_for_config(full, no_input=True)
     output_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="chassis-new-") as scratch:
-        # Keep cookiecutter's replay and cache files out of the user's home directory.
-        config = Path(scratch) / "cookiecutter.yaml"
-        config.write_text(yaml.safe_dump({"cookiecutters_dir": scratch, "replay_dir": scratch}))
-        cookiecutter(
-            str(template_dir()),
-            no_input=True,
-            extra_context=context,
-            output_dir=str(output_dir),
-            config_file=str(config),
-        )
+    generate_files(repo_dir=str(template), context=full, output_dir=str(output_dir))
+    return dict(full["cookiecutter"])
 
 
 def _move_proto(service_dir: Path, project: Path, slug: str) -> Path:
@@ -130,14 +176,6 @@ def _move_proto(service_dir: Path, project: Path, slug: str) -> Path:
         shutil.move(str(generated), destination)
     shutil.rmtree(service_dir / "proto")
     return destination
-
-
-def _check_not_registered(run_file: Path, name: str) -> None:
-    if not run_file.is_file():
-        return
-    apps = _load_yaml(run_file).get("apps") or []
-    if any(isinstance(app, dict) and app.get("appID") == name for app in apps):
-        raise ConfigError(f"{run_file}: apps: '{name}' is already registered")
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -210,3 +248,119 @@ def _registers(text: str, name: str) -> bool:
     except yaml.YAMLError:
         return False
     return bool(apps) and isinstance(apps[-1], dict) and apps[-1].get("appID") == name
+
+
+@dataclass(frozen=True)
+class TemplateVersion:
+    """Where the template lives in git, and the commit that last changed it (what cruft records)."""
+
+    repo: Path
+    directory: str
+    commit: str
+    dirty: bool
+    shallow: bool
+
+
+def template_version(template: Path | None = None) -> TemplateVersion | None:
+    """The template's version; None when it is not in a git checkout (an installed wheel, a copied tree)."""
+    template = (template or template_dir()).resolve()
+    top = _git(template, "rev-parse", "--show-toplevel")
+    if not top or not template.is_dir():
+        return None
+    repo = Path(top).resolve()
+    directory = template.relative_to(repo).as_posix()
+    commit = _git(repo, "log", "-1", "--format=%H", "--", directory)
+    if not commit:
+        return None
+    dirty = bool(_git(repo, "status", "--porcelain", "--", directory))
+    shallow = _git(repo, "rev-parse", "--is-shallow-repository") == "true"
+    return TemplateVersion(repo, directory, commit, dirty, shallow)
+
+
+def _git(cwd: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def cruft_record(service_dir: Path, context: dict[str, Any], version: TemplateVersion) -> dict[str, Any]:
+    """The `.cruft.json` that `cruft create --directory` would write, pinned to the template's commit.
+
+    cruft clones `template` and compares commits of the whole repository, so a service inside the
+    template's own repository names it relatively ("../.."): that holds in any clone, and cruft's
+    commands then run from the service folder (`cruft update --checkout <commit>`).
+    """
+    service_dir = service_dir.resolve()
+    inside = service_dir.is_relative_to(version.repo)
+    template = os.path.relpath(version.repo, service_dir) if inside else str(version.repo)
+    cookiecutter = {**context, "_template": template, "_commit": version.commit}
+    return {
+        "template": template,
+        "commit": version.commit,
+        "checkout": None,
+        "context": {"cookiecutter": cookiecutter},
+        "directory": version.directory,
+    }
+
+
+def write_cruft_file(service_dir: Path, record: dict[str, Any]) -> Path:
+    path = service_dir / CRUFT_FILE
+    # cruft's own layout (utils.cruft.json_dumps), so its commands rewrite it without noise in the diff.
+    path.write_text(json.dumps(record, ensure_ascii=False, indent=2, separators=(",", ": ")) + "\n")
+    return path
+
+
+def _record_template(service_dir: Path, context: dict[str, Any]) -> None:
+    version = template_version()
+    if version is None:
+        print(f"not recorded: {template_dir()} is not in a git checkout, so it has no commit to record")
+        return
+    path = write_cruft_file(service_dir, cruft_record(service_dir, context, version))
+    print(f"template commit {version.commit[:12]} recorded in {path}")
+    if version.dirty:
+        print(f"note: {version.directory} has uncommitted changes, which that commit does not include")
+
+
+def template_drift(project: Path) -> list[tuple[Path, str | None]]:
+    """Each service of `project` with what keeps it from the template's current commit (None: in step).
+
+    In step means cruft's meaning: `.cruft.json` records the commit that last changed the template, as
+    `cruft check --checkout <that commit>` run in the service folder would confirm. `cruft update`
+    brings a service there.
+    """
+    project = project.resolve()
+    local = project / "templates" / "service"
+    version = template_version(local if local.is_dir() else None)
+    if version is None:
+        raise ConfigError(f"{local}: not a template tracked in a git checkout; nothing to compare with")
+    if version.shallow:
+        raise ConfigError(
+            f"{version.repo}: a shallow clone hides when the template last changed; "
+            "fetch the history (git fetch --unshallow, or fetch-depth: 0 in CI)"
+        )
+    services = sorted(p for p in (project / "services").glob("*/pyproject.toml"))
+    return [(p.parent, _drift(p.parent, version)) for p in services]
+
+
+def _drift(service: Path, version: TemplateVersion) -> str | None:
+    path = service / CRUFT_FILE
+    if not path.is_file():
+        return f"no {CRUFT_FILE}: not linked to the template (run `cruft link` there, or regenerate it)"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        commit, directory = record["commit"], record.get("directory")
+    except (ValueError, KeyError, TypeError) as err:
+        return f"{CRUFT_FILE} is not a cruft record ({err!r})"
+    if directory != version.directory:
+        return f"records the template folder {directory!r}, not {version.directory!r}"
+    if commit != version.commit:
+        return (
+            f"records template commit {str(commit)[:12]}, "
+            f"but {version.directory} is at {version.commit[:12]}; "
+            f'take the change with `cd {service} && cruft update --checkout "{version.commit}"`'
+        )
+    return None

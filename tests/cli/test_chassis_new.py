@@ -51,7 +51,7 @@ def test_registration_keeps_comments_and_an_existing_contract(
     assert [app["appID"] for app in yaml.safe_load(text)["apps"]] == ["other", "forum"]
     assert '"Threads."' in (tmp_path / "services/forum/pyproject.toml").read_text()
 
-    assert main(["new", "forum", "--no-input", "--project-dir", str(tmp_path)]) == 1
+    assert main(["new", "forum", "--no-input", "--project-dir", str(tmp_path)]) == 2
     assert "already exists" in capsys.readouterr().err
 
 
