@@ -7,6 +7,7 @@ Dapr's `TopicEventResponse`, and where the trace of a delivery is joined to its 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from chassis._dapr import Dapr
 from chassis._errors import ChassisError, ConfigError, Drop, PublishError, Retry
 from chassis._events import JSON_CONTENT_TYPE, EventContext, event_to_json, event_type_of, message_from_json
+from chassis._metrics import record_event_lag, record_handled, record_undeliverable
 from chassis._resilience import grpc_code_of
 from chassis._telemetry import context_from_traceparent, current_traceparent, trace_id_of
 
@@ -163,6 +165,7 @@ async def deliver(
         _log.warning(
             "no handler for %s/%s path %r: dropping", request.pubsub_name, request.topic, request.path
         )
+        record_undeliverable(request.topic)
         return callback_v1.TopicEventResponse(status=DROP)
     context = _event_context(request, metadata)
     try:
@@ -171,6 +174,7 @@ async def deliver(
         _log.error(
             "event %s on %s is not a %s, dropping: %s", context.id, context.topic, subscription.event, err
         )
+        record_undeliverable(request.topic)
         return callback_v1.TopicEventResponse(status=DROP)
     status = await _run_handler(subscription, event, context)
     return callback_v1.TopicEventResponse(status=status)
@@ -190,8 +194,12 @@ async def _run_handler(subscription: Subscription[Any], event: Message, context:
         attributes=attributes,
         record_exception=False,
     ) as span:
+        started = time.perf_counter()
+        record_event_lag(context.topic, context.extensions.get("time"))
         status = await _outcome(subscription, event, context, span)
-        span.set_attribute("chassis.outcome", _Response.TopicEventResponseStatus.Name(status))
+        outcome = _Response.TopicEventResponseStatus.Name(status)
+        span.set_attribute("chassis.outcome", outcome)
+        record_handled(context.topic, outcome, time.perf_counter() - started)
         return status
 
 

@@ -104,7 +104,7 @@ class Service:
 
     async def serve(self) -> None:
         """Listen, open the Dapr client, and serve until stopped; then drain and close."""
-        setup_telemetry(self.name)
+        setup_telemetry(self.name, metrics=True)
         setup_logging(self.name)
         server = self._build_server()
         await server.start()

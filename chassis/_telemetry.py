@@ -1,7 +1,8 @@
-"""Traces and structured logs: one OpenTelemetry setup shared by services and the embedded sidecar.
+"""Traces, metrics and structured logs: one OpenTelemetry setup shared by services and the embedded sidecar.
 
 Exporters come from the standard OTEL_* variables, plus CHASSIS_TRACE_FILE, a JSON-lines file that
-several processes can append to, so tests and developers can follow one trace across every hop.
+several processes can append to, so tests and developers can follow one trace across every hop
+(`chassis trace TRACE_ID` draws it). Service metrics are in `chassis._metrics`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -37,16 +39,28 @@ LOG_LEVEL_ENV = "CHASSIS_LOG_LEVEL"
 
 _W3C = TraceContextTextMapPropagator()
 _provider: TracerProvider | None = None
+_meter_provider: MeterProvider | None = None
 
 
-def setup_telemetry(service_name: str) -> None:
-    """Install the process' TracerProvider once; later calls (from any module) change nothing."""
-    global _provider
+def setup_telemetry(service_name: str, *, metrics: bool = False) -> None:
+    """Install the process' TracerProvider (and, with `metrics`, MeterProvider); later calls change nothing.
+
+    Services meter (OTEL_METRICS_EXPORTER, CHASSIS_METRICS_FILE); the sidecar does not: it serves
+    daprd's metrics on its own port, and sharing the app's environment it would fight it for a port.
+    """
+    global _provider, _meter_provider
     if _provider is not None:
         return
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    resource = Resource.create({"service.name": service_name})
+    provider = TracerProvider(resource=resource)
     for processor in _processors_from_env():
         provider.add_span_processor(processor)
+    if metrics:
+        # Imported here, not at the top: chassis._metrics builds on this module.
+        from chassis._metrics import RpcMetricsSpanProcessor, setup_metrics
+
+        _meter_provider = setup_metrics(resource)
+        provider.add_span_processor(RpcMetricsSpanProcessor())
     trace.set_tracer_provider(provider)
     _provider = provider
 
@@ -55,6 +69,8 @@ def flush_telemetry() -> None:
     """Export what is still buffered (called when a service stops; atexit covers the rest)."""
     if _provider is not None:
         _provider.force_flush()
+    if _meter_provider is not None:
+        _meter_provider.force_flush()
 
 
 def _processors_from_env() -> list[SpanProcessor]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chassis._launch._procs import Command
+from chassis._telemetry import TRACE_FILE_ENV
 
 SIDECAR_MODULE = "chassis.sidecar"
 
@@ -44,7 +45,12 @@ class AppLaunch:
             argv += ["--resources-path", str(path)]
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env.setdefault(TRACE_FILE_ENV, self.trace_file())
         return Command(label, argv, self.sidecar_dir, env)
+
+    def trace_file(self) -> str:
+        """Where the app and its sidecar append spans unless told otherwise: `chassis trace` reads it."""
+        return str(self.sidecar_dir.resolve() / ".chassis" / "traces.jsonl")
 
     def app_command(self, label: str) -> Command:
         return Command(label, list(self.command), self.app_dir, self.app_env())
@@ -60,6 +66,7 @@ class AppLaunch:
             APP_PORT=str(self.ports.app),
             APP_PROTOCOL=self.app_protocol,
         )
+        env.setdefault(TRACE_FILE_ENV, self.trace_file())
         env.update(self.env)
         # `python` in a command means the interpreter chassis runs on, as if its venv were activated.
         env["PATH"] = prepend_path(str(Path(sys.executable).parent), env.get("PATH", ""))
