@@ -3,9 +3,11 @@
 Services import from here only; everything else in the package is private.
 """
 
+from chassis._bindings import BindingEvent, BindingResult, OutputBinding
 from chassis._contract import Contract
 from chassis._dapr import Dapr
 from chassis._errors import (
+    BindingError,
     ChassisError,
     ConcurrencyError,
     ConfigError,
@@ -26,8 +28,12 @@ from chassis._secrets import DaprSecret
 from chassis._settings import ServiceSettings, load_settings
 from chassis._state import Delete, StateRepository, Upsert, Versioned
 from chassis._telemetry import context_from_traceparent, current_traceparent, setup_telemetry
+from chassis._unit_of_work import UnitOfWork
 
 __all__ = [
+    "BindingError",
+    "BindingEvent",
+    "BindingResult",
     "ChassisError",
     "ConcurrencyError",
     "ConfigError",
@@ -40,6 +46,7 @@ __all__ = [
     "EventContext",
     "HandlerOutcome",
     "InvocationError",
+    "OutputBinding",
     "PublishError",
     "Publisher",
     "Retry",
@@ -48,6 +55,7 @@ __all__ = [
     "SidecarUnavailable",
     "StateError",
     "StateRepository",
+    "UnitOfWork",
     "Upsert",
     "Versioned",
     "context_from_traceparent",

@@ -44,6 +44,10 @@ class PublishError(ChassisError):
     """The sidecar did not accept an event for publishing."""
 
 
+class BindingError(ChassisError):
+    """An output binding failed (the component's error, through the sidecar)."""
+
+
 class InvocationError(ChassisError):
     """A call to another service through the sidecar failed."""
 

@@ -23,6 +23,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from chassis._bindings import BindingEvent, InputBindingRegistry
 from chassis._dapr import Dapr
 from chassis._errors import ChassisError, ConfigError, Drop, PublishError, Retry
 from chassis._events import JSON_CONTENT_TYPE, EventContext, event_to_json, event_type_of, message_from_json
@@ -258,8 +259,9 @@ def _is_message_metadata(key: str) -> bool:
 class AppCallback(callback_grpc.AppCallbackServicer):
     """The app side of Dapr's gRPC protocol: subscriptions and event delivery; the rest is UNIMPLEMENTED."""
 
-    def __init__(self, registry: SubscriptionRegistry) -> None:
+    def __init__(self, registry: SubscriptionRegistry, bindings: InputBindingRegistry | None = None) -> None:
         self._registry = registry
+        self._bindings = bindings or InputBindingRegistry()
 
     async def ListTopicSubscriptions(
         self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext[Any, Any]
@@ -275,13 +277,19 @@ class AppCallback(callback_grpc.AppCallbackServicer):
     async def ListInputBindings(
         self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext[Any, Any]
     ) -> callback_v1.ListInputBindingsResponse:
-        return callback_v1.ListInputBindingsResponse()
+        return callback_v1.ListInputBindingsResponse(bindings=self._bindings.names())
+
+    async def OnBindingEvent(
+        self, request: callback_v1.BindingEventRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> callback_v1.BindingEventResponse:
+        event = BindingEvent(request.name, bytes(request.data), dict(request.metadata))
+        failed = await self._bindings.deliver(event)
+        if failed is not None:  # the binding's retry policy, in the sidecar, decides what comes next
+            await context.abort(failed, f"the handler of input binding {request.name} failed")
+        return callback_v1.BindingEventResponse()
 
     async def OnInvoke(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await _unimplemented(context, "OnInvoke: call this service's own gRPC methods (Dapr gRPC proxying)")
-
-    async def OnBindingEvent(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await _unimplemented(context, "OnBindingEvent: this service declares no input bindings")
 
     async def OnBulkTopicEvent(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await _unimplemented(context, "OnBulkTopicEvent: this service subscribes without bulk")

@@ -21,7 +21,9 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # public, not in stubs
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from pydantic import BaseModel
 
+from chassis._bindings import BindingHandler, InputBindingRegistry, OutputBinding
 from chassis._contract import Contract, EventFlow, served_api
 from chassis._dapr import Dapr
 from chassis._errors import ChassisError, ConfigError
@@ -29,8 +31,10 @@ from chassis._pubsub import AppCallback, Handler, Publisher, Subscription, Subsc
 from chassis._settings import ServiceSettings, load_settings
 from chassis._state import StateRepository
 from chassis._telemetry import flush_telemetry, setup_logging, setup_telemetry
+from chassis._unit_of_work import UnitOfWork
 
 M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message | BaseModel)  # a stored record: a proto message or a pydantic model
 AddServicer = Callable[[Any, grpc.aio.Server], None]
 
 _log = logging.getLogger("chassis.runtime")
@@ -45,7 +49,9 @@ class Service:
         self._dapr = Dapr(self.settings)
         self._servicers: list[tuple[AddServicer, Any]] = []
         self._subscriptions = SubscriptionRegistry()
+        self._input_bindings = InputBindingRegistry()
         self._publishers: list[Publisher[Any]] = []
+        self._outbox_stores: set[str] = set()  # stores whose outbox a unit of work has verified
         self._health = health_aio.HealthServicer()
         self._stopping = asyncio.Event()
         self.port: int | None = None
@@ -71,7 +77,24 @@ class Service:
 
         return register
 
-    def state(self, model: type[M], *, store: str | None = None) -> StateRepository[M]:
+    def on_binding(self, name: str) -> Callable[[BindingHandler], BindingHandler]:
+        """Decorate `async def handler(event: BindingEvent) -> None` to receive binding `name`'s events."""
+
+        def register(handler: BindingHandler) -> BindingHandler:
+            self._input_bindings.add(name, handler)
+            return handler
+
+        return register
+
+    def output_binding(self, name: str) -> OutputBinding:
+        """Output binding `name` (a Component in the sidecar's resources), to `invoke` operations on."""
+        return OutputBinding(self._dapr, name)
+
+    def unit_of_work(self, *, store: str | None = None) -> UnitOfWork:
+        """Saves, deletes and events in one store (default: the service's), committed together."""
+        return UnitOfWork(self._dapr, store or self.settings.state_store, self._outbox_stores)
+
+    def state(self, model: type[R], *, store: str | None = None) -> StateRepository[R]:
         """The records of `model` in the service's state store (or `store`)."""
         return StateRepository(self._dapr, model, store or self.settings.state_store)
 
@@ -125,7 +148,9 @@ class Service:
         for add_to_server, servicer in self._servicers:
             add_to_server(servicer, server)
         # The SDK's generated registration functions are untyped.
-        callback_grpc.add_AppCallbackServicer_to_server(AppCallback(self._subscriptions), server)  # type: ignore[no-untyped-call]
+        callback_grpc.add_AppCallbackServicer_to_server(
+            AppCallback(self._subscriptions, self._input_bindings), server
+        )  # type: ignore[no-untyped-call]
         callback_grpc.add_AppCallbackHealthCheckServicer_to_server(_AppHealth(), server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         self.port = self._bind(server)

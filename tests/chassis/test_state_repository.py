@@ -9,8 +9,17 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from dapr.clients import DaprClient as SyncDaprClient
 from mooc.grading.v1.grading_pb2 import GradeRecord
+from pydantic import BaseModel
 
-from chassis import ConcurrencyError, Dapr, Delete, ServiceSettings, StateRepository, Upsert
+from chassis import (
+    ConcurrencyError,
+    Dapr,
+    Delete,
+    ServiceSettings,
+    StateError,
+    StateRepository,
+    Upsert,
+)
 from chassis._events import message_to_json
 from chassis.testing import Sidecar
 
@@ -150,3 +159,51 @@ async def test_update_gives_up_after_its_attempts(
     assert calls == 3
     stored = await grades.get("u-2")
     assert stored is not None and stored.value.score == 103
+
+
+class Enrolment(BaseModel):
+    """A pydantic record: repositories store pydantic models as well as proto messages."""
+
+    learner_id: str
+    course_id: str
+    progress: float = 0.0
+
+
+async def test_pydantic_models_round_trip_and_update(dapr: Dapr) -> None:
+    enrolments = StateRepository(dapr, Enrolment, "statestore")
+    await enrolments.save("e-1", Enrolment(learner_id="l-1", course_id="py-101"))
+    stored = await enrolments.get("e-1")
+    assert stored is not None and stored.value == Enrolment(learner_id="l-1", course_id="py-101")
+    moved = await enrolments.update("e-1", lambda e: (e or stored.value).model_copy(update={"progress": 0.5}))
+    assert moved.progress == 0.5
+    again = await enrolments.get("e-1")
+    assert again is not None and again.value == moved
+
+
+async def test_a_record_of_another_shape_is_a_state_error(
+    dapr: Dapr, grades: StateRepository[GradeRecord]
+) -> None:
+    await grades.save("not-an-enrolment", record("s-1"))
+    with pytest.raises(StateError, match="'not-an-enrolment' in 'statestore' is not a Enrolment"):
+        await StateRepository(dapr, Enrolment, "statestore").get("not-an-enrolment")
+
+
+async def test_get_many_reads_what_exists_in_one_call(grades: StateRepository[GradeRecord]) -> None:
+    await grades.save("bulk-1", record("bulk-1", 1.0))
+    await grades.save("bulk-2", record("bulk-2", 2.0))
+    found = await grades.get_many(["bulk-1", "bulk-2", "bulk-missing"])
+    assert sorted(found) == ["bulk-1", "bulk-2"]
+    assert found["bulk-2"].value.score == 2.0 and found["bulk-2"].etag
+    assert await grades.get_many([]) == {}
+
+
+async def test_ttl_makes_the_store_forget_a_record(grades: StateRepository[GradeRecord]) -> None:
+    await grades.save("short-lived", record("short-lived"), ttl_seconds=1)
+    assert await grades.get("short-lived") is not None
+    await asyncio.sleep(1.5)
+    assert await grades.get("short-lived") is None
+    with pytest.raises(StateError, match="ttl_seconds must be positive"):
+        await grades.save("never", record("never"), ttl_seconds=0)
+    await grades.transact([Upsert("tx-short", record("tx-short"), ttl_seconds=1)])
+    await asyncio.sleep(1.5)
+    assert await grades.get("tx-short") is None
