@@ -19,15 +19,20 @@ from assessment.submissions import new_submission, submission_created, with_grad
 
 APP_ID = "assessment"
 Context = grpc.aio.ServicerContext[Any, Any]
+Submissions = StateRepository[pb.Submission]
 log = logging.getLogger(APP_ID)
 
 
 class AssessmentServicer(pb_grpc.AssessmentServiceServicer):
     """Implements mooc.assessment.v1.AssessmentService."""
 
-    def __init__(self, service: Service, settings: Settings, catalogue: Catalogue) -> None:
+    def __init__(
+        self, service: Service, settings: Settings, catalogue: Catalogue, submissions: Submissions
+    ) -> None:
+        self._service = service
+        self._settings = settings
         self._catalogue = catalogue
-        self._submissions = service.state(pb.Submission)
+        self._submissions = submissions
         self._announce = service.publisher(SubmissionCreated, topic=settings.submissions_topic)
 
     async def SubmitAssignment(
@@ -38,10 +43,16 @@ class AssessmentServicer(pb_grpc.AssessmentServiceServicer):
         except InvalidSubmission as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         submission = new_submission(request, str(uuid.uuid4()))
-        await self._submissions.save(submission.submission_id, submission, first_write=True)
-        await self._announce.publish(
-            submission_created(submission, assignment), event_id=submission.submission_id
+        # Stored and announced together (Dapr's outbox): never one without the other, even on a crash.
+        work = self._service.unit_of_work(store=self._settings.submissions_store)
+        work.save(self._submissions, submission.submission_id, submission, first_write=True)
+        work.publish(
+            self._announce,
+            submission_created(submission, assignment),
+            for_key=submission.submission_id,
+            event_id=submission.submission_id,
         )
+        await work.commit()
         log.info("submission %s stored and announced", submission.submission_id)
         return pb.SubmitAssignmentResponse(submission_id=submission.submission_id)
 
@@ -52,7 +63,7 @@ class AssessmentServicer(pb_grpc.AssessmentServiceServicer):
         return stored.value
 
 
-async def record_grade(submissions: StateRepository[pb.Submission], grade: GradeCompleted) -> None:
+async def record_grade(submissions: Submissions, grade: GradeCompleted) -> None:
     """Store `grade` on its submission once; a redelivered or second grade changes nothing."""
     stored = await submissions.get(grade.submission_id)
     if stored is None:
@@ -68,11 +79,11 @@ def build_service(settings: Settings | None = None) -> Service:
     settings = settings or load_settings(Settings)
     service = Service(APP_ID, settings)
     catalogue = Catalogue.load(settings.catalogue_path)
+    submissions = service.state(pb.Submission, store=settings.submissions_store)
     service.add_servicer(
         pb_grpc.add_AssessmentServiceServicer_to_server,
-        AssessmentServicer(service, settings, catalogue),
+        AssessmentServicer(service, settings, catalogue, submissions),
     )
-    submissions = service.state(pb.Submission)
 
     @service.subscribe(topic=settings.grades_topic, event=GradeCompleted)
     async def on_grade_completed(event: GradeCompleted, ctx: EventContext) -> None:

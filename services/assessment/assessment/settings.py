@@ -19,5 +19,11 @@ class Settings(ServiceSettings):
     catalogue_path: Path | None = Field(
         None, description="a JSON file of assignments; the catalogue bundled with the service when unset"
     )
+    submissions_store: str = Field(
+        "assessment-outbox",
+        min_length=1,
+        description="the state store of submissions; its component must enable Dapr's outbox to "
+        "publish on submissions_topic",
+    )
     submissions_topic: str = Field("submissions", min_length=1)
     grades_topic: str = Field("grades", min_length=1)

@@ -19,6 +19,7 @@ from mooc.events.v1.grading_pb2 import GradeCompleted
 from assessment.service import APP_ID
 
 SERVICE_DIR = Path(__file__).resolve().parents[1]
+EMBEDDED_PROFILE = SERVICE_DIR.parents[1] / "dapr" / "components" / "embedded"
 METADATA = (("dapr-app-id", APP_ID),)
 Stub = pb_grpc.AssessmentServiceStub
 
@@ -36,7 +37,8 @@ def sees_the_app(sidecar: Sidecar) -> bool:
 def sidecar(sidecar_factory: Callable[..., Sidecar], app_factory: Callable[..., AppProcess]) -> Sidecar:
     """The service beside its sidecar, which every call below goes through."""
     app_port = free_port()
-    sidecar = sidecar_factory(APP_ID, app_port=app_port)
+    # The embedded profile: its `assessment-outbox` store publishes submissions with Dapr's outbox.
+    sidecar = sidecar_factory(APP_ID, app_port=app_port, resources=[EMBEDDED_PROFILE])
     app_factory("assessment", app_id=APP_ID, app_port=app_port, pythonpath=[SERVICE_DIR], sidecar=sidecar)
     sidecar.wait_until(lambda: sees_the_app(sidecar), 30, "connected to the app (GET /v1.0/healthz)")
     return sidecar
