@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -66,8 +67,46 @@ spec:
 """
 
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT = 10000  # above every server this project's tests talk to
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port the OS just reported free on 127.0.0.1."""
+    """A TCP port free on 127.0.0.1 now, chosen below the OS's ephemeral range when it can be.
+
+    A port the OS hands out for `bind(0)` comes from the same range as the source ports of outgoing
+    connections, so a busy client (a Kafka consumer, say) can take it before the process it is meant
+    for listens on it. Below that range only processes that ask for a port by number can.
+    """
+    lowest_ephemeral = _lowest_ephemeral_port()
+    if lowest_ephemeral - _LOWEST_PORT < 1000:
+        return _os_free_port()
+    for _ in range(100):
+        port = random.randrange(_LOWEST_PORT, lowest_ephemeral)
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
+    return _os_free_port()
+
+
+def _lowest_ephemeral_port() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _LOWEST_PORT  # unknown: let the OS choose
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _os_free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]

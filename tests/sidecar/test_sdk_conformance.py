@@ -285,6 +285,7 @@ async def test_metadata_lists_components_and_extended(
             list(DRIVERS[doc["spec"]["type"]].capabilities),
         )
         for _, doc in declared
+        if metadata.application_id in doc.get("scopes", [metadata.application_id])  # others' are not loaded
     }
     assert components["statestore"][2] == ["ETAG", "TRANSACTIONAL", "TTL"]
     assert metadata.extended_metadata["owner"] == "tests"
