@@ -7,7 +7,6 @@ that several processes can append to (one line per export: cumulative totals so 
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import time
@@ -32,7 +31,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.trace import SpanKind
 
 from chassis._errors import ConfigError
-from chassis._telemetry import _append_locked
+from chassis._telemetry import _append_locked, exporter_names, otlp_exporter
 
 EXPORTERS_ENV = "OTEL_METRICS_EXPORTER"
 METRICS_FILE_ENV = "CHASSIS_METRICS_FILE"
@@ -130,11 +129,15 @@ def setup_metrics(resource: Resource) -> MeterProvider:
 
 def _readers_from_env(resource: Resource) -> list[MetricReader]:
     readers: list[MetricReader] = []
-    for name in _exporter_names():
+    for name in exporter_names(EXPORTERS_ENV):
         if name == "console":
             readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
         elif name == "otlp":
-            readers.append(PeriodicExportingMetricReader(_otlp_exporter()))
+            readers.append(
+                PeriodicExportingMetricReader(
+                    otlp_exporter("metrics", EXPORTERS_ENV, "console, prometheus or none")
+                )
+            )
         elif name == "prometheus":
             readers.append(_prometheus_reader())
         elif name != "none":
@@ -146,29 +149,6 @@ def _readers_from_env(resource: Resource) -> list[MetricReader]:
         service = str(resource.attributes.get("service.name", ""))
         readers.append(PeriodicExportingMetricReader(JsonLinesMetricExporter(Path(metrics_file), service)))
     return readers
-
-
-def _exporter_names() -> list[str]:
-    # Unset means "none" here (OTel's default is otlp): a service must not fail for lack of a collector.
-    raw = os.environ.get(EXPORTERS_ENV, "none")
-    return [part.strip().lower() for part in raw.split(",") if part.strip()]
-
-
-def _otlp_exporter() -> MetricExporter:
-    protocol = os.environ.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"
-    )
-    package = "grpc" if protocol == "grpc" else "http"
-    try:
-        # Imported by name: the OTLP exporters are optional packages, not dependencies of the chassis.
-        module = importlib.import_module(f"opentelemetry.exporter.otlp.proto.{package}.metric_exporter")
-    except ImportError as err:
-        raise ConfigError(
-            f"{EXPORTERS_ENV}: 'otlp' needs the package opentelemetry-exporter-otlp-proto-{package}; "
-            f"install it (pip install opentelemetry-exporter-otlp) or choose console, prometheus or none"
-        ) from err
-    exporter: MetricExporter = module.OTLPMetricExporter()
-    return exporter
 
 
 def _prometheus_reader() -> MetricReader:

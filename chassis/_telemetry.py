@@ -75,11 +75,11 @@ def flush_telemetry() -> None:
 
 def _processors_from_env() -> list[SpanProcessor]:
     processors: list[SpanProcessor] = []
-    for name in _exporter_names():
+    for name in exporter_names(EXPORTERS_ENV):
         if name == "console":
             processors.append(SimpleSpanProcessor(ConsoleSpanExporter()))
         elif name == "otlp":
-            processors.append(BatchSpanProcessor(_otlp_exporter()))
+            processors.append(BatchSpanProcessor(otlp_exporter("traces", EXPORTERS_ENV, "console or none")))
         elif name != "none":
             raise ConfigError(f"{EXPORTERS_ENV}: unknown exporter {name!r}; use console, otlp or none")
     trace_file = os.environ.get(TRACE_FILE_ENV)
@@ -89,27 +89,32 @@ def _processors_from_env() -> list[SpanProcessor]:
     return processors
 
 
-def _exporter_names() -> list[str]:
-    # Unset means "none" here (OTel's default is otlp): a service must not fail for lack of a collector.
-    raw = os.environ.get(EXPORTERS_ENV, "none")
+def exporter_names(variable: str) -> list[str]:
+    """The exporters an OTEL_*_EXPORTER variable names; unset means none (OTel's default is otlp), so a
+    service never fails for lack of a collector."""
+    raw = os.environ.get(variable, "none")
     return [part.strip().lower() for part in raw.split(",") if part.strip()]
 
 
-def _otlp_exporter() -> SpanExporter:
-    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
+def otlp_exporter(signal: str, variable: str, others: str) -> Any:
+    """An OTLP exporter for `signal` ("traces" or "metrics"), over the protocol OTEL_* asks for.
+
+    The OTLP exporters are optional packages, not dependencies of the chassis: a missing one is one
+    ConfigError line saying what to install or which exporters (`others`) need nothing.
+    """
+    protocol = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL") or os.environ.get(
         "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"
     )
     package = "grpc" if protocol == "grpc" else "http"
+    module_name = {"traces": "trace_exporter", "metrics": "metric_exporter"}[signal]
     try:
-        # Imported by name: the OTLP exporters are optional packages, not dependencies of the chassis.
-        module = importlib.import_module(f"opentelemetry.exporter.otlp.proto.{package}.trace_exporter")
+        module = importlib.import_module(f"opentelemetry.exporter.otlp.proto.{package}.{module_name}")
     except ImportError as err:
         raise ConfigError(
-            f"{EXPORTERS_ENV}: 'otlp' needs the package opentelemetry-exporter-otlp-proto-{package}; "
-            f"install it (pip install opentelemetry-exporter-otlp) or choose console or none"
+            f"{variable}: 'otlp' needs the package opentelemetry-exporter-otlp-proto-{package}; "
+            f"install it (pip install opentelemetry-exporter-otlp) or choose {others}"
         ) from err
-    exporter: SpanExporter = module.OTLPSpanExporter()
-    return exporter
+    return module.OTLPSpanExporter() if signal == "traces" else module.OTLPMetricExporter()
 
 
 class JsonLinesSpanExporter(SpanExporter):
