@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -81,7 +82,7 @@ class SqliteWorker:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves; nothing implicit.
         conn = sqlite3.connect(database, uri=uri, timeout=busy_timeout, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(conn, busy_timeout)
         conn.execute("PRAGMA synchronous = NORMAL")
         self._conn = conn
 
@@ -125,3 +126,21 @@ class SqliteWorker:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _switch_to_wal(conn: sqlite3.Connection, patience: float) -> None:
+    """PRAGMA journal_mode = WAL, retried while another process is doing the same.
+
+    Switching a new file to WAL needs an exclusive lock, and SQLite answers "database is locked" at
+    once instead of waiting on busy_timeout when several processes open the file together (every
+    sidecar of `chassis up` starting at the same moment).
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
