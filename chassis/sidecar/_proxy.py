@@ -12,10 +12,11 @@ the shared app registry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -69,7 +70,10 @@ CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
-UNARY_GRACE_TURNS = 3  # event-loop turns to wait for a half-close right behind the first message
+# How long to wait, after the first request message, for what follows it: a unary caller's half-close
+# comes with the message and is read within a loop turn or two (more under load). A streaming caller
+# that waits for a reply before sending more (ping-pong) pays this once, on its first message.
+UNARY_GRACE = 0.05  # seconds
 Behavior = grpc.aio.ServicerContext[bytes, bytes]
 
 
@@ -129,22 +133,22 @@ class _Inbox:
 
     async def single(self) -> bytes | None:
         """The only request when the caller sent exactly one and half-closed with it, else None."""
-        while not self._items:
-            self._arrived.clear()
-            await self._arrived.wait()
-        for _ in range(UNARY_GRACE_TURNS):  # the half-close is read a loop turn or two after the message
-            if len(self._items) > 1:
-                break
-            await asyncio.sleep(0)
+        await self._until(lambda: len(self._items) >= 1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(UNARY_GRACE):
+                await self._until(lambda: len(self._items) >= 2 or self._items[0] is None)
         items = self._items
         return items[0] if len(items) == 2 and items[0] is not None and items[1] is None else None
+
+    async def _until(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            self._arrived.clear()
+            await self._arrived.wait()
 
     async def stream(self) -> AsyncIterator[bytes]:
         """Every request, in order, until the caller half-closes."""
         while True:
-            while not self._items:
-                self._arrived.clear()
-                await self._arrived.wait()
+            await self._until(lambda: bool(self._items))
             item = self._items.popleft()
             if item is None:
                 return
