@@ -34,6 +34,14 @@ def start_sidecar(tmp_path: Path) -> Iterator[SidecarStarter]:
 
 
 @pytest.fixture
+def started() -> Iterator[list[Process]]:
+    """Processes a test starts itself (apps, extra sidecars); SIGTERMed and reaped at teardown."""
+    processes: list[Process] = []
+    yield processes
+    stop_all(processes)
+
+
+@pytest.fixture
 def dapr_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[RunningSidecar], None]:
     """Point the SDK (which reads DAPR_* on every access) at a sidecar."""
 

@@ -19,7 +19,7 @@ from broker_support import EXPECTED, UseSidecar, deliver_through_sdk
 from conftest import SidecarStarter
 from nats.js import JetStreamContext
 from nats_support import NATS_URL, delete_stream, require_nats, unique_stream
-from sidecar_support import REPO, Process, free_port, stop_all
+from sidecar_support import REPO, Process, free_port
 
 from chassis.sidecar._errors import ComponentError, InvalidMetadata
 from chassis.sidecar.components.pubsub_jetstream import METADATA_HEADER, JetStreamPubSub
@@ -162,13 +162,6 @@ async def test_invalid_metadata(metadata: dict[str, str], field: str) -> None:
     with pytest.raises(InvalidMetadata) as caught:
         await open_broker("s", **metadata)
     assert caught.value.field == field
-
-
-@pytest.fixture
-def started() -> Iterator[list[Process]]:
-    processes: list[Process] = []
-    yield processes
-    stop_all(processes)
 
 
 def profile_copy(folder: Path, stream: str) -> Path:

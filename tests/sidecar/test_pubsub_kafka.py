@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from broker_support import EXPECTED, UseSidecar, deliver_through_sdk
 from conftest import SidecarStarter
 from kafka_support import BROKERS, ensure_tansu, unique
-from sidecar_support import REPO, Process, free_port, stop_all
+from sidecar_support import REPO, Process, free_port
 
 from chassis.sidecar._errors import ComponentError, InvalidMetadata
 from chassis.sidecar.components import Message
@@ -253,13 +253,6 @@ async def test_invalid_metadata(metadata: dict[str, str], field: str) -> None:
     with pytest.raises(InvalidMetadata) as caught:
         await open_broker(**metadata)
     assert caught.value.field == field
-
-
-@pytest.fixture
-def started() -> Iterator[list[Process]]:
-    processes: list[Process] = []
-    yield processes
-    stop_all(processes)
 
 
 def profile_copy(folder: Path) -> Path:

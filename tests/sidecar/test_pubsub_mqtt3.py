@@ -452,13 +452,6 @@ async def test_tls_with_a_client_certificate(tmp_path: Path, topic: str) -> None
         server.stop()
 
 
-@pytest.fixture
-def started() -> Iterator[list[Process]]:
-    processes: list[Process] = []
-    yield processes
-    stop_all(processes)
-
-
 async def test_sidecar_with_the_mqtt_profile_delivers_through_the_sdk(
     tmp_path: Path,
     topic: str,

@@ -22,7 +22,7 @@ import pytest
 from broker_support import EXPECTED, UseSidecar, deliver_through_sdk
 from conftest import SidecarStarter
 from rabbitmq_support import RABBITMQ_URL, delete_marked, require_rabbitmq, unique
-from sidecar_support import REPO, Process, free_port, stop_all, wait_until
+from sidecar_support import REPO, Process, free_port, wait_until
 
 from chassis.sidecar._errors import ComponentError, InvalidMetadata
 from chassis.sidecar.components import Message
@@ -234,13 +234,6 @@ async def test_invalid_metadata(metadata: dict[str, str], field: str) -> None:
     with pytest.raises(InvalidMetadata) as caught:
         await open_broker(**metadata)
     assert caught.value.field == field
-
-
-@pytest.fixture
-def started() -> Iterator[list[Process]]:
-    processes: list[Process] = []
-    yield processes
-    stop_all(processes)
 
 
 async def test_sidecar_with_the_rabbitmq_profile_delivers_through_the_sdk(

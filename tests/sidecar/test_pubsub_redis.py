@@ -25,7 +25,6 @@ from sidecar_support import (
     free_port,
     port_accepts,
     read_jsonl,
-    stop_all,
     wait_until,
 )
 
@@ -192,13 +191,6 @@ async def test_invalid_metadata(metadata: dict[str, str], field: str) -> None:
     with pytest.raises(InvalidMetadata) as caught:
         await RedisPubSub.open("p", metadata, app_id="a", base_dir=Path.cwd())
     assert caught.value.field == field
-
-
-@pytest.fixture
-def started() -> Iterator[list[Process]]:
-    processes: list[Process] = []
-    yield processes
-    stop_all(processes)
 
 
 async def test_sidecar_with_the_redis_profile_serves_the_sdk(
