@@ -21,6 +21,7 @@ from chassis._errors import (
     StateError,
 )
 from chassis._events import EventContext, event_type_of
+from chassis._middleware import Call, Middleware, Next
 from chassis._pubsub import Publisher
 from chassis._resilience import retrying
 from chassis._runtime import Service
@@ -34,6 +35,7 @@ __all__ = [
     "BindingError",
     "BindingEvent",
     "BindingResult",
+    "Call",
     "ChassisError",
     "ConcurrencyError",
     "ConfigError",
@@ -46,6 +48,8 @@ __all__ = [
     "EventContext",
     "HandlerOutcome",
     "InvocationError",
+    "Middleware",
+    "Next",
     "OutputBinding",
     "PublishError",
     "Publisher",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
@@ -28,6 +28,7 @@ from chassis._dapr import Dapr
 from chassis._errors import ChassisError, ConfigError, Drop, PublishError, Retry
 from chassis._events import JSON_CONTENT_TYPE, EventContext, event_to_json, event_type_of, message_from_json
 from chassis._metrics import record_event_lag, record_handled, record_undeliverable
+from chassis._middleware import Call, Middleware, chain
 from chassis._resilience import grpc_code_of
 from chassis._telemetry import context_from_traceparent, current_traceparent, trace_id_of
 
@@ -95,20 +96,43 @@ class Publisher(Generic[M]):
     Declaring publications up front makes them part of the service's contract, checked like its RPCs.
     """
 
-    def __init__(self, dapr: Dapr, event: type[M], *, pubsub: str, topic: str) -> None:
+    def __init__(
+        self,
+        dapr: Dapr,
+        event: type[M],
+        *,
+        pubsub: str,
+        topic: str,
+        middleware: Sequence[Middleware] = (),
+    ) -> None:
         self.event = event
         self.event_type = event_type_of(event)  # fails at start-up, not at the first publish
         self.pubsub = pubsub
         self.topic = topic
         self._dapr = dapr
+        self._middleware = middleware  # the service's live list
 
     async def publish(
         self, event: M, *, event_id: str | None = None, metadata: Mapping[str, str] | None = None
     ) -> str:
-        """Publish `event` as a CloudEvent of its declared type; returns the event id (see `publish`)."""
-        return await publish(
-            self._dapr, event, pubsub=self.pubsub, topic=self.topic, event_id=event_id, metadata=metadata
-        )
+        """Publish `event` as a CloudEvent of its declared type, through the service's middleware.
+
+        Returns the event id (see `publish`).
+        """
+
+        async def send(call: Call) -> str:
+            return await publish(
+                self._dapr,
+                event,
+                pubsub=self.pubsub,
+                topic=self.topic,
+                event_id=event_id,
+                metadata=call.metadata,
+            )
+
+        call = Call("publish", self.topic, event, dict(metadata or {}))
+        event_id_sent: str = await chain(self._middleware, send)(call)
+        return event_id_sent
 
 
 async def publish(

@@ -27,6 +27,7 @@ from chassis._bindings import BindingHandler, InputBindingRegistry, OutputBindin
 from chassis._contract import Contract, EventFlow, served_api
 from chassis._dapr import Dapr
 from chassis._errors import ChassisError, ConfigError
+from chassis._middleware import Middleware, MiddlewareInterceptor
 from chassis._pubsub import AppCallback, Handler, Publisher, Subscription, SubscriptionRegistry
 from chassis._settings import ServiceSettings, load_settings
 from chassis._state import StateRepository
@@ -51,6 +52,7 @@ class Service:
         self._subscriptions = SubscriptionRegistry()
         self._input_bindings = InputBindingRegistry()
         self._publishers: list[Publisher[Any]] = []
+        self._middleware: list[Middleware] = []
         self._outbox_stores: set[str] = set()  # stores whose outbox a unit of work has verified
         self._health = health_aio.HealthServicer()
         self._stopping = asyncio.Event()
@@ -64,6 +66,10 @@ class Service:
     def add_servicer(self, add_to_server: AddServicer, servicer: Any) -> None:
         """Serve a generated servicer: `service.add_servicer(add_XServicer_to_server, XServicer())`."""
         self._servicers.append((add_to_server, servicer))
+
+    def use(self, *middleware: Middleware) -> None:
+        """Run `middleware` around this service's RPCs, the events it consumes and those it publishes."""
+        self._middleware.extend(middleware)
 
     def subscribe(
         self, *, topic: str, event: type[M], pubsub: str | None = None, dead_letter_topic: str | None = None
@@ -100,7 +106,9 @@ class Service:
 
     def publisher(self, event: type[M], *, topic: str, pubsub: str | None = None) -> Publisher[M]:
         """Declare that this service publishes `event`s to `topic`; publish through what it returns."""
-        publisher = Publisher(self._dapr, event, pubsub=pubsub or self.settings.pubsub, topic=topic)
+        publisher = Publisher(
+            self._dapr, event, pubsub=pubsub or self.settings.pubsub, topic=topic, middleware=self._middleware
+        )
         self._publishers.append(publisher)
         return publisher
 
@@ -144,7 +152,11 @@ class Service:
                 asyncio.get_running_loop().remove_signal_handler(sig)
 
     def _build_server(self) -> grpc.aio.Server:
-        server = grpc.aio.server(interceptors=[aio_server_interceptor()])  # type: ignore[no-untyped-call]
+        interceptors = [
+            aio_server_interceptor(),  # type: ignore[no-untyped-call]  # outermost: middleware runs in the span
+            MiddlewareInterceptor(self._middleware, skip=_is_dapr_or_health),
+        ]
+        server = grpc.aio.server(interceptors=interceptors)
         for add_to_server, servicer in self._servicers:
             add_to_server(servicer, server)
         # The SDK's generated registration functions are untyped.
@@ -193,6 +205,11 @@ class Service:
         await self._dapr.close()
         flush_telemetry()
         _log.info("%s stopped", self.name)
+
+
+def _is_dapr_or_health(method: str) -> bool:
+    """Dapr's app callbacks and gRPC health are the chassis' own plumbing, not the service's API."""
+    return method.startswith(("/dapr.proto.runtime.v1.", "/grpc.health.v1."))
 
 
 class _AppHealth(callback_grpc.AppCallbackHealthCheckServicer):
