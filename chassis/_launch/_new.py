@@ -60,6 +60,7 @@ class NewOptions:
     no_input: bool = False
     description: str | None = None
     author: str | None = None
+    template: Path | None = None  # default: the template beside the chassis package (template_dir())
 
 
 def check_name(name: str, project: Path | None = None) -> str:
@@ -120,13 +121,14 @@ def new_service(opts: NewOptions) -> Path:
     target = project / "services" / slug
     run_file = project / _runfile.DEFAULT_NAME
     context = _context(opts, slug)
-    rendered = _render(context, project / "services")
+    template = opts.template or template_dir()
+    rendered = _render(template, context, project / "services")
     proto = _move_proto(target, project, slug)
     _register(run_file, opts.name, slug, project)
     print(f"created {target}")
     print(f"contract {proto}")
     print(f"registered '{opts.name}' in {run_file}")
-    _record_template(target, rendered)
+    _record_template(template, target, rendered)
     return target
 
 
@@ -150,13 +152,12 @@ def _ask(what: str, default: str, no_input: bool) -> str:
     return answer or default
 
 
-def _render(context: dict[str, str], output_dir: Path) -> dict[str, Any]:
+def _render(template: Path, context: dict[str, str], output_dir: Path) -> dict[str, Any]:
     """Generate the service as `cruft create` does; return the full context cookiecutter rendered with."""
     # Slow imports, only needed here; the user's cookiecutter config is not read (as with --no-input).
     from cookiecutter.generate import generate_context, generate_files
     from cookiecutter.prompt import prompt_for_config
 
-    template = template_dir()
     full = generate_context(context_file=str(template / "cookiecutter.json"), extra_context=context)
     full["cookiecutter"] = prompt_for_config(full, no_input=True)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -314,10 +315,10 @@ def write_cruft_file(service_dir: Path, record: dict[str, Any]) -> Path:
     return path
 
 
-def _record_template(service_dir: Path, context: dict[str, Any]) -> None:
-    version = template_version()
+def _record_template(template: Path, service_dir: Path, context: dict[str, Any]) -> None:
+    version = template_version(template)
     if version is None:
-        print(f"not recorded: {template_dir()} is not in a git checkout, so it has no commit to record")
+        print(f"not recorded: {template} is not in a git checkout, so it has no commit to record")
         return
     path = write_cruft_file(service_dir, cruft_record(service_dir, context, version))
     print(f"template commit {version.commit[:12]} recorded in {path}")
