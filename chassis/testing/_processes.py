@@ -149,8 +149,10 @@ async def wait_for(
         if value:
             return value
         if time.monotonic() >= deadline:
+            last = repr(value) if len(repr(value)) <= 200 else repr(value)[:200] + "..."
             raise TimeoutError(
-                f"not true after {timeout:g}s: {what or getattr(predicate, '__name__', predicate)}"
+                f"not true after {timeout:g}s: {what or getattr(predicate, '__name__', predicate)} "
+                f"(last result: {last})"
             )
         await asyncio.sleep(interval)
 
@@ -266,6 +268,7 @@ class Sidecar(ManagedProcess):
         # Fixed ports let a test restart a sidecar where its app (and its clients) expect it.
         self.grpc_port = grpc_port or free_port()
         self.http_port = http_port or free_port()
+        workdir = workdir.resolve()  # the process starts in it: a relative path would resolve twice
         self.resources = list(resources) or [write_default_resources(workdir / "components")]
         argv = [sys.executable, "-m", "chassis.sidecar", "--app-id", app_id]
         if app_port is not None:
@@ -282,6 +285,15 @@ class Sidecar(ManagedProcess):
 
     def healthy(self) -> bool:
         url = f"http://127.0.0.1:{self.http_port}/v1.0/healthz/outbound"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return bool(response.status == 204)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def sees_app(self) -> bool:
+        """The full healthz: 204 once the sidecar has connected to its app (and subscribed for it)."""
+        url = f"http://127.0.0.1:{self.http_port}/v1.0/healthz"
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 return bool(response.status == 204)

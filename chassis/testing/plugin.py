@@ -5,16 +5,19 @@ Loaded for every pytest run in a project that installs mooc-chassis, so service 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from chassis._protogen import ensure_generated, find_project_root
-from chassis.testing._processes import AppProcess, Sidecar
+from chassis.testing._harness import ServiceUnderTest, StartService
+from chassis.testing._processes import START_TIMEOUT, AppProcess, Sidecar, free_port
 
 _CLEARED_PREFIXES = ("DAPR_", "OTEL_", "CHASSIS_")
 _GEN_DIR = pytest.StashKey[Path | None]()
@@ -92,3 +95,59 @@ def app_factory(
 def _stop_all(processes: list[Sidecar] | list[AppProcess]) -> None:
     for process in reversed(processes):
         process.stop()
+
+
+@pytest_asyncio.fixture
+async def chassis_service(
+    sidecar_factory: SidecarFactory, app_factory: AppFactory
+) -> AsyncIterator[StartService]:
+    """Start a service under test beside its own embedded sidecar, on free ports; ready on return.
+
+    `chassis_service("grading")` runs `python -m grading` as app id `grading` (the module name with
+    `-` for `_` unless `app_id` is given), with the generated protos and the folder the module is
+    imported from on its PYTHONPATH, and the embedded state store and broker (or `resources`). It
+    returns once the service is SERVING, subscribed, and its sidecar has connected to it. Services
+    started in one test share the state and broker files, so they can talk to each other. After the
+    test, the test's clients close, then each service drains (SIGTERM) before its sidecar stops.
+    """
+    started: list[ServiceUnderTest] = []
+
+    def start(
+        module: str,
+        *,
+        app_id: str | None = None,
+        resources: Sequence[Path] = (),
+        env: Mapping[str, str] | None = None,
+        pythonpath: Sequence[Path] = (),
+    ) -> ServiceUnderTest:
+        app_id = app_id or module.replace("_", "-")
+        app_port = free_port()
+        sidecar = sidecar_factory(app_id, app_port=app_port, resources=resources)
+        paths = [*pythonpath, *_import_root(module)]
+        app = app_factory(
+            module, app_id=app_id, app_port=app_port, sidecar=sidecar, pythonpath=paths, env=env
+        )
+        sidecar.wait_until(sidecar.sees_app, START_TIMEOUT, "connected to its app (GET /v1.0/healthz -> 204)")
+
+        def start_client_sidecar() -> Sidecar:
+            return sidecar_factory(f"{app_id}-test-client", resources=sidecar.resources)
+
+        service = ServiceUnderTest(
+            module=module, sidecar=sidecar, app=app, start_client_sidecar=start_client_sidecar
+        )
+        started.append(service)
+        return service
+
+    yield start
+    for service in reversed(started):
+        await service.aclose()
+
+
+def _import_root(module: str) -> list[Path]:
+    """The folder `module` is imported from in the test process (a service's root is on sys.path)."""
+    spec = importlib.util.find_spec(module.partition(".")[0])
+    if spec is None:
+        return []
+    if spec.submodule_search_locations:
+        return [Path(next(iter(spec.submodule_search_locations))).parent]
+    return [Path(spec.origin).parent] if spec.origin else []

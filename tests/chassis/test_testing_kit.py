@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from chassis.testing import Sidecar, free_port, requires_server, wait_for
+from chassis.testing._harness import _sqlite_files
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,8 @@ async def test_wait_for_returns_the_first_truthy_value_of_sync_or_async_predicat
 
     assert await wait_for(later, timeout=5, interval=0.01) == 7
     assert await wait_for(lambda: "ready", timeout=1) == "ready"
-    with pytest.raises(TimeoutError, match=r"not true after 0\.1s: the moon"):
-        await wait_for(lambda: False, timeout=0.1, interval=0.02, what="the moon")
+    with pytest.raises(TimeoutError, match=r"^not true after 0\.1s: the moon \(last result: \[\]\)$"):
+        await wait_for(lambda: [], timeout=0.1, interval=0.02, what="the moon")
 
 
 def test_a_missing_server_skips_with_one_line_naming_it_and_how_to_start_it(
@@ -101,3 +102,14 @@ def test_free_ports_can_be_bound() -> None:
     port = free_port()
     with socket.create_server(("127.0.0.1", port)):
         pass
+
+
+def test_the_sqlite_files_of_a_profile_are_those_in_scope_for_the_app(tmp_path: Path) -> None:
+    embedded = Path(__file__).resolve().parents[2] / "dapr" / "components" / "embedded"
+    data = tmp_path / ".chassis" / "data"
+
+    assert _sqlite_files([embedded], "grading", tmp_path) == {
+        "pubsub": data / "pubsub.db",
+        "statestore": data / "state.db",
+    }
+    assert _sqlite_files([embedded], "assessment", tmp_path)["assessment-outbox"] == data / "state.db"
