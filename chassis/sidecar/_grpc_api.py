@@ -348,13 +348,13 @@ class DaprApi(dapr_pb2_grpc.DaprServicer):
     async def GetSecret(
         self, request: secret_pb2.GetSecretRequest, context: Context
     ) -> secret_pb2.GetSecretResponse:
-        return await _grpc_more.get_secret(self, request)
+        return await _grpc_more.get_secret(self.ctx, request)
 
     @_traced
     async def GetBulkSecret(
         self, request: secret_pb2.GetBulkSecretRequest, context: Context
     ) -> secret_pb2.GetBulkSecretResponse:
-        return await _grpc_more.get_bulk_secret(self, request)
+        return await _grpc_more.get_bulk_secret(self.ctx, request)
 
     @_traced
     async def InvokeService(

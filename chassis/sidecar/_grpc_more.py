@@ -130,10 +130,10 @@ def _secret_store(ctx: ApiContext, name: str) -> SecretStore:
     return stores[name]
 
 
-async def get_secret(api: DaprApi, request: secret_pb2.GetSecretRequest) -> secret_pb2.GetSecretResponse:
-    """One secret's key/value map."""
-    store = _secret_store(api.ctx, request.store_name)
-    policy = api.ctx.resources.resiliency.component_outbound(request.store_name, "secretstores")
+async def get_secret(ctx: ApiContext, request: secret_pb2.GetSecretRequest) -> secret_pb2.GetSecretResponse:
+    """One secret's key/value map (gRPC GetSecret and HTTP GET /v1.0/secrets/<store>/<key>)."""
+    store = _secret_store(ctx, request.store_name)
+    policy = ctx.resources.resiliency.component_outbound(request.store_name, "secretstores")
     try:
         data = await policy.run(lambda: store.get(request.key, dict(request.metadata)), retryable=_not_key)
     except (KeyError, SidecarError) as err:
@@ -146,11 +146,11 @@ async def get_secret(api: DaprApi, request: secret_pb2.GetSecretRequest) -> secr
 
 
 async def get_bulk_secret(
-    api: DaprApi, request: secret_pb2.GetBulkSecretRequest
+    ctx: ApiContext, request: secret_pb2.GetBulkSecretRequest
 ) -> secret_pb2.GetBulkSecretResponse:
-    """Every secret of the store, each as its key/value map."""
-    store = _secret_store(api.ctx, request.store_name)
-    policy = api.ctx.resources.resiliency.component_outbound(request.store_name, "secretstores")
+    """Every secret of the store, each as its key/value map (gRPC and HTTP `.../bulk`)."""
+    store = _secret_store(ctx, request.store_name)
+    policy = ctx.resources.resiliency.component_outbound(request.store_name, "secretstores")
     try:
         secrets = await policy.run(lambda: store.bulk(dict(request.metadata)))
     except SidecarError as err:

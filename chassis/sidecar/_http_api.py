@@ -1,4 +1,4 @@
-"""The sidecar's HTTP port: daprd's HTTP API (health, state, publish, bindings, invoke, metadata).
+"""The sidecar's HTTP port: daprd's HTTP API (health, state, publish, bindings, secrets, invoke, metadata).
 
 `/v1.0/healthz/outbound` answers 204 once components are loaded (the SDK's DaprClient polls it before
 any call); `/v1.0/healthz` additionally waits for the app channel when an app port was given, as daprd.
@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from aiohttp import web
-from dapr.proto.runtime.v1 import metadata_pb2
+from dapr.proto.runtime.v1 import metadata_pb2, secret_pb2
 from google.protobuf.json_format import MessageToDict
 from opentelemetry import trace
 
@@ -21,10 +21,12 @@ from chassis.sidecar import _auth, _limits
 from chassis.sidecar import _cloudevents as ce
 from chassis.sidecar._bindings import invoke_output
 from chassis.sidecar._grpc_api import ApiContext, build_metadata
+from chassis.sidecar._grpc_more import get_bulk_secret, get_secret
 from chassis.sidecar._http_common import (
     MAX_BODY_SIZE,
     error_response,
     malformed,
+    query_metadata,
     read_json,
     route,
     string_map,
@@ -72,6 +74,8 @@ class HttpApi:
         PublishRoutes(self.ops).add_to(app)
         app.router.add_post(f"{API}/bindings/{{name:[^/]+}}", self.bindings)
         app.router.add_put(f"{API}/bindings/{{name:[^/]+}}", self.bindings)
+        app.router.add_get(f"{API}/secrets/{{store:[^/]+}}/bulk", self.bulk_secrets)
+        app.router.add_get(f"{API}/secrets/{{store:[^/]+}}/{{key:[^/]+}}", self.secret)
         app.router.add_route("*", f"{API}/invoke/{{tail:[\\s\\S]*}}", self.invoke)
         app.router.add_route("*", "/{tail:[\\s\\S]*}", self.not_found)
         return app
@@ -138,6 +142,26 @@ class HttpApi:
         if not data:
             return web.Response(status=204, headers=headers)
         return web.Response(status=200, body=data, headers=headers)
+
+    @route("GetSecret")
+    async def secret(self, request: web.Request) -> web.StreamResponse:
+        """One secret as a JSON object of its keys (a single-valued store: one key, the secret's name)."""
+        asked = secret_pb2.GetSecretRequest(
+            store_name=request.match_info["store"],
+            key=request.match_info["key"],
+            metadata=query_metadata(request),
+        )
+        found = await get_secret(self.ctx, asked)
+        return web.json_response(dict(found.data))
+
+    @route("GetBulkSecret")
+    async def bulk_secrets(self, request: web.Request) -> web.StreamResponse:
+        """Every secret of the store: `{name: {key: value}}`."""
+        asked = secret_pb2.GetBulkSecretRequest(
+            store_name=request.match_info["store"], metadata=query_metadata(request)
+        )
+        found = await get_bulk_secret(self.ctx, asked)
+        return web.json_response({name: dict(item.secrets) for name, item in found.data.items()})
 
     async def not_found(self, request: web.Request) -> web.StreamResponse:
         """Any other path: invocation when `dapr-app-id` names an app (daprd's fallback), else 404."""

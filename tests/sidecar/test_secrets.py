@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -129,6 +132,28 @@ def test_errors_name_the_store_and_key(sidecar: RunningSidecar) -> None:
     assert "failed getting secret with key nope from secret store files" in str(missing.value.details())
     assert unknown.value.code().name == "INVALID_ARGUMENT"
     assert "failed finding secret store with key vault" in str(unknown.value.details())
+
+
+def http_get(sidecar: RunningSidecar, path: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{sidecar.http_port}{path}", timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_the_http_api_serves_the_same_secrets(sidecar: RunningSidecar) -> None:
+    assert http_get(sidecar, "/v1.0/secrets/files/redisPassword") == (200, {"redisPassword": "hunter2"})
+    multi = {"path": "data/secret-state.db", "user": "ann"}
+    assert http_get(sidecar, "/v1.0/secrets/multi/db") == (200, multi)
+    status, bulk = http_get(sidecar, "/v1.0/secrets/files/bulk")
+    assert status == 200 and bulk["db:user"] == {"db:user": "ann"} and len(bulk) == 4
+
+    status, missing = http_get(sidecar, "/v1.0/secrets/files/nope")
+    assert (status, missing["errorCode"]) == (500, "ERR_SECRET_GET")
+    assert "failed getting secret with key nope from secret store files" in missing["message"]
+    status, unknown = http_get(sidecar, "/v1.0/secrets/vault/x")
+    assert (status, unknown["errorCode"]) == (401, "ERR_SECRET_STORE_NOT_FOUND")
 
 
 def test_secret_key_ref_fills_component_metadata(sidecar: RunningSidecar) -> None:
