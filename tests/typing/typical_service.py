@@ -17,9 +17,11 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from chassis import (
+    Call,
     ConcurrencyError,
     Drop,
     EventContext,
+    Next,
     Retry,
     Service,
     ServiceSettings,
@@ -63,9 +65,17 @@ async def grade_of(submission_id: str) -> GradeRecord:
         return reply
 
 
+async def audited(call: Call, call_next: Next) -> object:
+    """Middleware: every consumed event is logged with its id before the handler sees it."""
+    if call.kind == "consume" and call.event is not None:
+        log.info("event %s on %s", call.event.id, call.name)
+    return await call_next(call)
+
+
 def build_service(settings: Settings | None = None) -> Service:
     settings = settings or load_settings(Settings)
     service = Service("progress", settings)
+    service.use(audited)
     tallies = service.state(GradeRecord)
     resubmit = service.publisher(SubmissionCreated, topic="resubmissions")
 
