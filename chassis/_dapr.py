@@ -1,7 +1,11 @@
 """The one official async Dapr client a service owns, opened once the sidecar answers, closed on stop.
 
 Every call goes through `Dapr.call`, so the retry policy and the OpenTelemetry client interceptors
-apply to everything the chassis asks of the sidecar.
+apply to everything the chassis asks of the sidecar. A call names the component it targets
+(`dapr.call(fn, component="statestore")`); when the Resiliency YAML gives that component an outbound
+retry policy the sidecar retries it, so the chassis makes one attempt (see _resilience.py). Every
+unary call waits for a restarting sidecar (gRPC `wait_for_ready`) within its deadline instead of
+failing at once, so the hop to the sidecar needs no retry of its own.
 """
 
 from __future__ import annotations
@@ -15,17 +19,22 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import aiohttp
+import grpc
 from dapr.aio.clients import DaprClient
+from dapr.clients.retry import RetryPolicy as SdkRetryPolicy
 from dapr.conf import settings as dapr_settings
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from chassis._errors import SidecarUnavailable
-from chassis._resilience import retrying
+from chassis._resilience import ClientPolicies, load_policies, retrying
 from chassis._settings import ServiceSettings
 
 T = TypeVar("T")
 
 HEALTH_TIMEOUT_ENV = "DAPR_HEALTH_TIMEOUT"
+# How long a sidecar call may take, waiting for a restarting sidecar included, unless the SDK's
+# DAPR_API_TIMEOUT_SECONDS or the call itself sets a deadline.
+SIDECAR_CALL_TIMEOUT = 60.0
 
 
 class Dapr:
@@ -35,6 +44,7 @@ class Dapr:
         self._settings = settings
         self._client: DaprClient | None = None
         self._lock = asyncio.Lock()
+        self._policies: ClientPolicies | None = None
 
     @property
     def address(self) -> str:
@@ -48,14 +58,23 @@ class Dapr:
                     self._client = await self._open()
         return self._client
 
-    async def call(self, fn: Callable[[DaprClient], Awaitable[T]]) -> T:
-        """Run one sidecar call under the retry policy (transient gRPC failures only)."""
+    def load_policies(self) -> ClientPolicies:
+        """The Resiliency YAML of `settings.resources_path` for this app; ConfigError if it is invalid."""
+        if self._policies is None:
+            self._policies = load_policies(self._settings.resources_path, self._settings.app_id)
+        return self._policies
+
+    async def call(self, fn: Callable[[DaprClient], Awaitable[T]], *, component: str | None = None) -> T:
+        """Run one sidecar call: once if the sidecar retries `component`, else retrying transient failures."""
+        policies = self.load_policies()
         client = await self.client()
 
         async def attempt() -> T:
             # A coroutine function, so tenacity awaits each attempt (a lambda's coroutine would escape it).
             return await fn(client)
 
+        if component is not None and policies.sidecar_retries(component):
+            return await attempt()
         result: T = await retrying()(attempt)
         return result
 
@@ -77,11 +96,39 @@ class Dapr:
         # The SDK's constructor polls healthz with blocking sleeps; waiting here first keeps the event
         # loop (and this service's own gRPC server) responsive while the sidecar starts.
         await wait_for_sidecar(self._settings.dapr_http_port)
-        interceptors: list[Any] = aio_client_interceptors()  # type: ignore[no-untyped-call]
+        interceptors: list[Any] = [
+            WaitForSidecar(),
+            *aio_client_interceptors(),  # type: ignore[no-untyped-call]
+        ]
         # The constructor probes the sidecar's HTTP port as the SDK's settings say (DAPR_HTTP_PORT env,
         # else 3500); point that probe at this service's sidecar, which need not match the env.
         with sdk_setting("DAPR_HTTP_ENDPOINT", f"http://127.0.0.1:{self._settings.dapr_http_port}"):
-            return DaprClient(address=self.address, interceptors=interceptors)
+            client = DaprClient(address=self.address, interceptors=interceptors)
+        # The SDK's own retries (DAPR_API_MAX_RETRIES) would stack on the chassis's and the sidecar's.
+        client.retry_policy = SdkRetryPolicy(max_attempts=0)
+        return client
+
+
+class WaitForSidecar(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """Unary calls wait for the sidecar to be reachable (`wait_for_ready`), bounded by a deadline.
+
+    A call made while the sidecar restarts then completes once it is back, instead of failing
+    UNAVAILABLE at once; the deadline is the call's own, else DAPR_API_TIMEOUT_SECONDS, else 60 s.
+    """
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        timeout = details.timeout if details.timeout is not None else sidecar_call_timeout()
+        wait = details.wait_for_ready if details.wait_for_ready is not None else True
+        bounded = grpc.aio.ClientCallDetails(
+            details.method, timeout, details.metadata, details.credentials, wait
+        )
+        return await continuation(bounded, request)
+
+
+def sidecar_call_timeout() -> float:
+    """The SDK's DAPR_API_TIMEOUT_SECONDS when set, else SIDECAR_CALL_TIMEOUT."""
+    configured = dapr_settings.DAPR_API_TIMEOUT_SECONDS
+    return float(configured) if configured else SIDECAR_CALL_TIMEOUT
 
 
 @contextmanager

@@ -8,17 +8,26 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
-from pydantic import AliasChoices, AliasPath, Field, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import AliasChoices, AliasPath, BeforeValidator, Field, ValidationError
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from chassis._secrets import DaprSecretsSource, SecretSettingError
 
 S = TypeVar("S", bound="ServiceSettings")
 
+
 DEFAULT_DAPR_GRPC_PORT = 50001
 DEFAULT_DAPR_HTTP_PORT = 3500
+
+
+def split_paths(value: object) -> object:
+    """`a:b` (os.pathsep-separated, as CHASSIS_RESOURCES_PATH holds it) -> [a, b]; lists pass through."""
+    if isinstance(value, str):
+        return [part for part in value.split(os.pathsep) if part.strip()]
+    return value
 
 
 class ServiceSettings(BaseSettings):
@@ -42,6 +51,11 @@ class ServiceSettings(BaseSettings):
     state_store: str = Field(default="statestore", validation_alias="CHASSIS_STATE_STORE", min_length=1)
     pubsub: str = Field(default="pubsub", validation_alias="CHASSIS_PUBSUB", min_length=1)
     drain_seconds: float = Field(default=10.0, validation_alias="CHASSIS_DRAIN_SECONDS", ge=0)
+    # The sidecar's --resources-path folders (os.pathsep-separated, like PATH): the chassis reads the
+    # same Resiliency YAML so no policy runs twice (see _resilience.py). Empty: built-in policies.
+    resources_path: Annotated[list[Path], NoDecode, BeforeValidator(split_paths)] = Field(
+        default_factory=list, validation_alias="CHASSIS_RESOURCES_PATH"
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -11,6 +11,8 @@ from chassis._launch._procs import Command
 from chassis._telemetry import TRACE_FILE_ENV
 
 SIDECAR_MODULE = "chassis.sidecar"
+# The sidecar's resources folders, for the chassis to read the same Resiliency YAML (_resilience.py).
+RESOURCES_PATH_ENV = "CHASSIS_RESOURCES_PATH"
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,18 @@ class AppLaunch:
         """Where the app and its sidecar append spans unless told otherwise: `chassis trace` reads it."""
         return str(self.sidecar_dir.resolve() / ".chassis" / "traces.jsonl")
 
+    def sidecar_resources(self) -> list[Path]:
+        """The folders the sidecar reads, absolute (the app runs in another folder).
+
+        The given ones, else the sidecar's own default: `components` in its folder, else ~/.dapr/components.
+        """
+        if self.resources:
+            return [(self.sidecar_dir / path).resolve() for path in self.resources]
+        for default in (self.sidecar_dir / "components", Path.home() / ".dapr" / "components"):
+            if default.is_dir():
+                return [default.resolve()]
+        return []
+
     def app_command(self, label: str) -> Command:
         return Command(label, list(self.command), self.app_dir, self.app_env())
 
@@ -67,6 +81,8 @@ class AppLaunch:
             APP_PROTOCOL=self.app_protocol,
         )
         env.setdefault(TRACE_FILE_ENV, self.trace_file())
+        if resources := self.sidecar_resources():
+            env[RESOURCES_PATH_ENV] = os.pathsep.join(str(path) for path in resources)
         env.update(self.env)
         # `python` in a command means the interpreter chassis runs on, as if its venv were activated.
         env["PATH"] = prepend_path(str(Path(sys.executable).parent), env.get("PATH", ""))

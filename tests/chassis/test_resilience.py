@@ -1,7 +1,8 @@
-"""The retry policy against a real gRPC server: transient codes are retried, answers are not."""
+"""The retry policies against a real gRPC server: transient codes are retried, answers are not."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,8 +13,9 @@ from dapr.clients.exceptions import DaprGrpcError, DaprInternalError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chassis import retrying
-from chassis._resilience import grpc_code_of, is_transient
+from chassis._resilience import app_retrying, grpc_code_of, is_breaker_refusal, is_transient
 from chassis.invoke import channel
+from chassis.sidecar._resiliency import RetryPolicy
 from chassis.testing import free_port
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -25,13 +27,14 @@ class Flaky(health_pb2_grpc.HealthServicer):
 
     failures: list[grpc.StatusCode]
     calls: list[dict[str, Any]] = field(default_factory=list)
+    message: str = "induced failure"
 
     async def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> Any:
         self.calls.append(
             {"metadata": dict(context.invocation_metadata()), "time_left": context.time_remaining()}
         )
         if len(self.calls) <= len(self.failures):
-            await context.abort(self.failures[len(self.calls) - 1], "induced failure")
+            await context.abort(self.failures[len(self.calls) - 1], self.message)
         return health_pb2.HealthCheckResponse(status=SERVING)
 
 
@@ -40,8 +43,9 @@ class Server:
     port: int
     servicer: Flaky
 
-    def fail_with(self, codes: Iterable[grpc.StatusCode]) -> None:
+    def fail_with(self, codes: Iterable[grpc.StatusCode], message: str = "induced failure") -> None:
         self.servicer.failures = list(codes)
+        self.servicer.message = message
 
 
 @pytest.fixture
@@ -154,3 +158,40 @@ async def test_a_deadline_the_caller_sets_wins(server: Server, monkeypatch: pyte
         await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=60)
 
     assert 10 < server.servicer.calls[0]["time_left"] <= 60
+
+
+@pytest.mark.parametrize(
+    "refusal", ["circuit breaker is open for app grading", "too many requests for app x"]
+)
+async def test_an_open_circuit_breaker_is_never_retried(server: Server, refusal: str) -> None:
+    server.fail_with([grpc.StatusCode.UNAVAILABLE] * 3, message=refusal)
+
+    for policy in (fast_policy(), app_retrying(RetryPolicy("constant", 0.01, 1, 5), budget=5)):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await policy(_check, server.port)
+        assert is_breaker_refusal(caught.value)
+    assert len(server.servicer.calls) == 2  # one attempt per policy
+
+
+async def test_a_yaml_exponential_policy_backs_off_as_daprd_does(server: Server) -> None:
+    server.fail_with([grpc.StatusCode.UNAVAILABLE] * 10)
+    policy = RetryPolicy("exponential", max_interval=0.6, max_retries=3)
+    started = time.monotonic()
+
+    with pytest.raises(grpc.aio.AioRpcError):
+        await app_retrying(policy, budget=10)(_check, server.port)
+
+    # Waits of 0.5, 0.75 and 0.9 s (capped at maxInterval 0.6), each randomised by +-50% and capped.
+    assert len(server.servicer.calls) == 4
+    assert 0.25 + 0.375 + 0.3 <= time.monotonic() - started < 0.6 * 3 + 1.0
+
+
+async def test_a_yaml_policy_retries_no_further_than_the_budget(server: Server) -> None:
+    server.fail_with([grpc.StatusCode.DEADLINE_EXCEEDED] * 10)
+    started = time.monotonic()
+
+    with pytest.raises(grpc.aio.AioRpcError):
+        await app_retrying(RetryPolicy("constant", 0.3, 60, -1), budget=1.1)(_check, server.port)
+
+    assert len(server.servicer.calls) == 4  # at 0, 0.3, 0.6, 0.9 s: the next wait would end past 1.1 s
+    assert time.monotonic() - started < 1.3
