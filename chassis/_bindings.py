@@ -74,7 +74,7 @@ class OutputBinding:
             return await client.invoke_binding(self.name, operation, payload, dict(metadata or {}))
 
         try:
-            response = await self._dapr.call(send)
+            response = await self._dapr.call(send, component=self.name)
         except ChassisError:
             raise
         except Exception as err:

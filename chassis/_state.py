@@ -65,7 +65,9 @@ class StateRepository(Generic[M]):
     async def get(self, key: str) -> Versioned[M] | None:
         """The record and its ETag, or None when the key holds nothing."""
         with self._errors(key):
-            response = await self._dapr.call(lambda c: c.get_state(store_name=self._store, key=key))
+            response = await self._dapr.call(
+                lambda c: c.get_state(store_name=self._store, key=key), component=self._store
+            )
         return self._versioned(key, response.data, response.etag) if response.data else None
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, Versioned[M]]:
@@ -74,7 +76,8 @@ class StateRepository(Generic[M]):
             return {}
         with self._errors(", ".join(keys)):
             response = await self._dapr.call(
-                lambda c: c.get_bulk_state(store_name=self._store, keys=list(keys), parallelism=4)
+                lambda c: c.get_bulk_state(store_name=self._store, keys=list(keys), parallelism=4),
+                component=self._store,
             )
         found: dict[str, Versioned[M]] = {}
         for item in response.items:
@@ -115,12 +118,14 @@ class StateRepository(Generic[M]):
             )
 
         with self._errors(key):
-            await self._dapr.call(save)
+            await self._dapr.call(save, component=self._store)
 
     async def delete(self, key: str, *, etag: str | None = None) -> None:
         """Remove `key` (with `etag`: only if unchanged since read)."""
         with self._errors(key):
-            await self._dapr.call(lambda c: c.delete_state(store_name=self._store, key=key, etag=etag))
+            await self._dapr.call(
+                lambda c: c.delete_state(store_name=self._store, key=key, etag=etag), component=self._store
+            )
 
     @property
     def store(self) -> str:
@@ -207,7 +212,7 @@ async def execute_transaction(
         return await client._stub.ExecuteStateTransaction(request)
 
     with _state_errors(store, ", ".join(op.request.key for op in operations)):
-        await dapr.call(execute)
+        await dapr.call(execute, component=store)
 
 
 def operation(op: Upsert | Delete) -> api_v1.TransactionalStateOperation:
