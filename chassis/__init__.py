@@ -14,6 +14,7 @@ from chassis._errors import (
     ContractError,
     Drop,
     HandlerOutcome,
+    InvalidMessage,
     InvocationError,
     PublishError,
     Retry,
@@ -30,6 +31,7 @@ from chassis._settings import ServiceSettings, load_settings
 from chassis._state import Delete, StateRepository, Upsert, Versioned
 from chassis._telemetry import context_from_traceparent, current_traceparent, setup_telemetry
 from chassis._unit_of_work import UnitOfWork
+from chassis._validation import validate
 
 __all__ = [
     "BindingError",
@@ -47,6 +49,7 @@ __all__ = [
     "Drop",
     "EventContext",
     "HandlerOutcome",
+    "InvalidMessage",
     "InvocationError",
     "Middleware",
     "Next",
@@ -68,4 +71,5 @@ __all__ = [
     "load_settings",
     "retrying",
     "setup_telemetry",
+    "validate",
 ]

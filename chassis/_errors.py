@@ -3,6 +3,7 @@
 ChassisError
 ├── ConfigError          a setting is missing or invalid (raised at start-up)
 ├── ContractError        the protos cannot be compiled, or a message has no event type
+├── InvalidMessage       a message breaks its proto's protovalidate rules
 ├── StateError           the state store refused or failed an operation
 │   └── ConcurrencyError an ETag did not match (someone else wrote first)
 ├── SidecarUnavailable   the Dapr sidecar did not become healthy in time
@@ -15,6 +16,8 @@ ChassisError
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class ChassisError(Exception):
     """Root of every error the chassis raises."""
@@ -26,6 +29,23 @@ class ConfigError(ChassisError):
 
 class ContractError(ChassisError):
     """The contracts in `proto/` cannot be compiled or used as declared."""
+
+
+class InvalidMessage(ChassisError):
+    """A message breaks the protovalidate rules its proto declares (`validate`; INVALID_ARGUMENT at the edge).
+
+    `violations` holds one (field path, rule id, what is wrong) per broken rule, e.g.
+    ("answers[1].choice", "required", "value is required"); the path is "" for a whole-message rule.
+    """
+
+    def __init__(self, message_type: str, violations: Sequence[tuple[str, str, str]]) -> None:
+        self.message_type = message_type
+        self.violations = tuple(violations)
+        problems = "; ".join(
+            f"{field} is required" if rule == "required" else f"{field or message_type}: {what}"
+            for field, rule, what in self.violations
+        )
+        super().__init__(f"invalid {message_type}: {problems}")
 
 
 class StateError(ChassisError):

@@ -33,6 +33,7 @@ from chassis._settings import ServiceSettings, load_settings
 from chassis._state import StateRepository
 from chassis._telemetry import flush_telemetry, setup_logging, setup_telemetry
 from chassis._unit_of_work import UnitOfWork
+from chassis._validation import RequestValidationInterceptor
 
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message | BaseModel)  # a stored record: a proto message or a pydantic model
@@ -154,6 +155,7 @@ class Service:
     def _build_server(self) -> grpc.aio.Server:
         interceptors = [
             aio_server_interceptor(),  # type: ignore[no-untyped-call]  # outermost: middleware runs in the span
+            RequestValidationInterceptor(skip=_is_dapr_or_health),  # protovalidate: bad requests stop here
             MiddlewareInterceptor(self._middleware, skip=_is_dapr_or_health),
         ]
         server = grpc.aio.server(interceptors=interceptors)
