@@ -23,7 +23,7 @@ from chassis._errors import (
 )
 from chassis._events import EventContext, event_type_of
 from chassis._middleware import Call, Middleware, Next
-from chassis._pubsub import Publisher
+from chassis._pubsub import BulkEvent, Publisher
 from chassis._resilience import retrying
 from chassis._runtime import Service
 from chassis._secrets import DaprSecret
@@ -37,6 +37,7 @@ __all__ = [
     "BindingError",
     "BindingEvent",
     "BindingResult",
+    "BulkEvent",
     "Call",
     "ChassisError",
     "ConcurrencyError",

@@ -6,19 +6,24 @@ chassis never imports generated code: any message whose proto declares the optio
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from chassis._errors import ContractError
 
+if TYPE_CHECKING:
+    from chassis._unit_of_work import UnitOfWork
+
 EVENT_TYPE_OPTION = "mooc.events.v1.event_type"
 JSON_CONTENT_TYPE = "application/json"
 
 M = TypeVar("M", bound=Message)
+_DERIVED_IDS = uuid.UUID("6f1c2a5e-8d4b-4f0e-9a77-3c0de1ba7c11")  # namespace of ids derived from events
 
 
 def event_type_of(message: Message | type[Message]) -> str:
@@ -66,3 +71,25 @@ class EventContext:
     metadata: Mapping[str, str] = field(default_factory=dict)
     # The CloudEvent's other attributes (time, traceid, custom extensions, ...).
     extensions: Mapping[str, Any] = field(default_factory=dict)
+    # Set by the chassis for each delivery: the app that consumes, and the handler's unit of work.
+    subscriber: str = ""
+    _work: UnitOfWork | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def work(self) -> UnitOfWork:
+        """The handler's unit of work, committed by the chassis after the handler returns.
+
+        Saves, deletes and outbox events put here take effect once, together with the inbox marker
+        of this event (see docs/pubsub.md); a handler that raises commits nothing.
+        """
+        if self._work is None:
+            raise ContractError("this event context has no unit of work: only delivered events have one")
+        return self._work
+
+    def derived_id(self, name: str) -> str:
+        """An id made from this event's id and `name`: the same on every redelivery of this event.
+
+        Publish what a handler causes under such ids, so a repeat after a crash is a duplicate
+        that consumers' inboxes drop, never a second event.
+        """
+        return str(uuid.uuid5(_DERIVED_IDS, f"{self.subscriber}/{self.pubsub}/{self.topic}/{self.id}/{name}"))

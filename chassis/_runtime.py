@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
@@ -27,8 +28,18 @@ from chassis._bindings import BindingHandler, InputBindingRegistry, OutputBindin
 from chassis._contract import Contract, EventFlow, served_api
 from chassis._dapr import Dapr
 from chassis._errors import ChassisError, ConfigError
+from chassis._inbox import DEFAULT_TTL as INBOX_TTL
+from chassis._inbox import Inbox
 from chassis._middleware import Middleware, MiddlewareInterceptor
-from chassis._pubsub import AppCallback, Handler, Publisher, Subscription, SubscriptionRegistry
+from chassis._pubsub import (
+    AppCallback,
+    BulkHandler,
+    BulkSubscription,
+    Handler,
+    Publisher,
+    Subscription,
+    SubscriptionRegistry,
+)
 from chassis._settings import ServiceSettings, load_settings
 from chassis._state import StateRepository
 from chassis._telemetry import flush_telemetry, setup_logging, setup_telemetry
@@ -50,10 +61,10 @@ class Service:
         self.settings = settings if settings is not None else load_settings(ServiceSettings)
         self._dapr = Dapr(self.settings)
         self._servicers: list[tuple[AddServicer, Any]] = []
-        self._subscriptions = SubscriptionRegistry()
         self._input_bindings = InputBindingRegistry()
         self._publishers: list[Publisher[Any]] = []
         self._middleware: list[Middleware] = []
+        self._subscriptions = SubscriptionRegistry(self._middleware)
         self._outbox_stores: set[str] = set()  # stores whose outbox a unit of work has verified
         self._health = health_aio.HealthServicer()
         self._stopping = asyncio.Event()
@@ -73,16 +84,72 @@ class Service:
         self._middleware.extend(middleware)
 
     def subscribe(
-        self, *, topic: str, event: type[M], pubsub: str | None = None, dead_letter_topic: str | None = None
+        self,
+        *,
+        topic: str,
+        event: type[M],
+        pubsub: str | None = None,
+        dead_letter_topic: str | None = None,
+        match: str | None = None,
+        default: bool = False,
+        store: str | None = None,
+        inbox: bool = True,
+        inbox_ttl: timedelta = INBOX_TTL,
     ) -> Callable[[Handler[M]], Handler[M]]:
-        """Decorate `async def handler(event: M, ctx: EventContext) -> None` to receive `topic`'s events."""
+        """Decorate `async def handler(event: M, ctx: EventContext) -> None` to receive `topic`'s events.
+
+        Several handlers may share a topic: each gets the events of its type (`event.type == ...`),
+        or those its CEL `match` selects, rules tried in the order declared; `default=True` takes
+        what no rule selects. The handler's state changes go in `ctx.work` (a unit of work on
+        `store`, default the service's), committed after it returns together with the event's inbox
+        marker, so a redelivered event has its effects once (`inbox=False` turns the marker off).
+        """
 
         def register(handler: Handler[M]) -> Handler[M]:
             name = pubsub or self.settings.pubsub
-            self._subscriptions.add(Subscription(name, topic, event, handler, dead_letter_topic))
+            box = self._inbox(store, inbox, inbox_ttl)
+            self._subscriptions.add(
+                Subscription(name, topic, event, handler, dead_letter_topic, match, default, box)
+            )
             return handler
 
         return register
+
+    def subscribe_bulk(
+        self,
+        *,
+        topic: str,
+        event: type[M],
+        pubsub: str | None = None,
+        dead_letter_topic: str | None = None,
+        max_messages: int = 100,
+        max_await_ms: int = 1000,
+        store: str | None = None,
+        inbox: bool = True,
+        inbox_ttl: timedelta = INBOX_TTL,
+    ) -> Callable[[BulkHandler[M]], BulkHandler[M]]:
+        """Decorate `async def handler(batch: Sequence[BulkEvent[M]]) -> None` to receive `topic`'s
+        events in batches of up to `max_messages`, gathered for at most `max_await_ms`.
+
+        Each entry is SUCCESS unless the handler calls its `retry` or `drop`; an exception answers for
+        the whole batch. Each entry has its own `ctx.work` and inbox marker, as with `subscribe`.
+        """
+
+        def register(handler: BulkHandler[M]) -> BulkHandler[M]:
+            name = pubsub or self.settings.pubsub
+            box = self._inbox(store, inbox, inbox_ttl)
+            self._subscriptions.add_bulk(
+                BulkSubscription(
+                    name, topic, event, handler, max_messages, max_await_ms, dead_letter_topic, box
+                )
+            )
+            return handler
+
+        return register
+
+    def _inbox(self, store: str | None, enabled: bool, ttl: timedelta) -> Inbox:
+        store = store or self.settings.state_store
+        return Inbox(self._dapr, self.name, store, self._outbox_stores, enabled, ttl)
 
     def on_binding(self, name: str) -> Callable[[BindingHandler], BindingHandler]:
         """Decorate `async def handler(event: BindingEvent) -> None` to receive binding `name`'s events."""
@@ -136,6 +203,7 @@ class Service:
 
     async def serve(self) -> None:
         """Listen, open the Dapr client, and serve until stopped; then drain and close."""
+        self._dapr.load_policies()  # invalid Resiliency YAML: ConfigError, one line, before listening
         setup_telemetry(self.name, metrics=True)
         setup_logging(self.name)
         server = self._build_server()

@@ -15,7 +15,7 @@ else, which would silently drop every event.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from dapr.proto import api_v1, common_v1
@@ -39,10 +39,19 @@ _PROBE_PREFIX = "chassis-outbox-probe-"
 class UnitOfWork:
     """Collects saves, deletes and events for one store; `commit` applies them in one transaction."""
 
-    def __init__(self, dapr: Dapr, store: str, verified: set[str]) -> None:
+    def __init__(
+        self,
+        dapr: Dapr,
+        store: str,
+        verified: set[str],
+        *,
+        event_ids: Callable[[str], str] | None = None,
+    ) -> None:
         self.store = store
         self._dapr = dapr
         self._verified = verified  # stores already known to have the outbox enabled (per service)
+        # The id of an event published without one, from the key it is for (default: a new uuid4).
+        self._event_ids = event_ids or (lambda _key: str(uuid.uuid4()))
         self._changes: list[Upsert | Delete] = []
         self._events: dict[str, api_v1.TransactionalStateOperation] = {}  # saved key -> its projection
         self._committed = False
@@ -83,7 +92,7 @@ class UnitOfWork:
             raise ContractError(f"publish(for_key={for_key!r}): save {for_key!r} in this unit of work first")
         if for_key in self._events:
             raise ContractError(f"the change of {for_key!r} already has an event: one event per saved record")
-        event_id = event_id or str(uuid.uuid4())
+        event_id = event_id or self._event_ids(for_key)
         fields = {
             **(metadata or {}),
             PROJECTION: "true",
@@ -96,6 +105,27 @@ class UnitOfWork:
         item = common_v1.StateItem(key=for_key, value=event_to_json(event).encode(), metadata=fields)
         self._events[for_key] = api_v1.TransactionalStateOperation(operationType="upsert", request=item)
         return event_id
+
+    @property
+    def publishes(self) -> bool:
+        """Whether committing publishes events (so the store must be an outbox store)."""
+        return bool(self._events)
+
+    @property
+    def changes(self) -> tuple[Upsert | Delete, ...]:
+        """The saves and deletes collected so far, in order."""
+        return tuple(self._changes)
+
+    async def on_outbox_store(self, plain: set[str]) -> bool:
+        """Whether the store publishes every record a transaction saves (probed once; `plain` caches no)."""
+        if self.store in self._verified:
+            return True
+        if self.store in plain:
+            return False
+        if await self._probe_outbox():
+            return True
+        plain.add(self.store)
+        return False
 
     async def commit(self) -> None:
         """Apply every change and publish every event, or nothing (ETag conflicts: ConcurrencyError)."""
@@ -125,8 +155,15 @@ class UnitOfWork:
             )
 
     async def _verify_outbox(self) -> None:
-        if self.store in self._verified:
+        if self.store in self._verified or await self._probe_outbox():
             return
+        raise ConfigError(
+            f"state store {self.store!r} does not enable Dapr's transactional outbox: set "
+            "outboxPublishPubsub and outboxPublishTopic in its component, or events would be lost"
+        )
+
+    async def _probe_outbox(self) -> bool:
+        """Send a lone projection: an outbox store refuses it, any other store keeps it (removed again)."""
         probe = f"{_PROBE_PREFIX}{uuid.uuid4()}"
         lone = common_v1.StateItem(key=probe, value=b"{}", metadata={PROJECTION: "true"})
         upsert = api_v1.TransactionalStateOperation(operationType="upsert", request=lone)
@@ -136,9 +173,6 @@ class UnitOfWork:
             if "outbox" not in str(err).lower():
                 raise
             self._verified.add(self.store)  # refused as a projection without its record: outbox on
-            return
+            return True
         await self._dapr.call(lambda c: c.delete_state(store_name=self.store, key=probe))
-        raise ConfigError(
-            f"state store {self.store!r} does not enable Dapr's transactional outbox: set "
-            "outboxPublishPubsub and outboxPublishTopic in its component, or events would be lost"
-        )
+        return False

@@ -1,4 +1,7 @@
-"""Event delivery over the real AppCallback gRPC surface: handler outcomes map to Dapr's statuses."""
+"""Event delivery over the real AppCallback gRPC surface: handler outcomes map to Dapr's statuses.
+
+No sidecar here, so the handlers run without an inbox (tests/chassis/test_inbox.py has one).
+"""
 
 from __future__ import annotations
 
@@ -41,7 +44,9 @@ def _build_service(seen: Seen) -> Service:
     settings = ServiceSettings(app_id="probe", app_port=free_port(), dapr_http_port=free_port())
     service = Service("probe", settings)
 
-    @service.subscribe(topic="submissions", event=SubmissionCreated, dead_letter_topic="submissions-dead")
+    @service.subscribe(
+        topic="submissions", event=SubmissionCreated, dead_letter_topic="submissions-dead", inbox=False
+    )
     async def on_submission(event: SubmissionCreated, ctx: EventContext) -> None:
         span_ctx = trace.get_current_span().get_span_context()
         seen.events.append((event, ctx, trace.format_trace_id(span_ctx.trace_id)))
@@ -53,7 +58,7 @@ def _build_service(seen: Seen) -> Service:
         if outcome == "crash":
             raise ValueError("bug in handler")
 
-    @service.subscribe(topic="grades", event=GradeCompleted, pubsub="other-pubsub")
+    @service.subscribe(topic="grades", event=GradeCompleted, pubsub="other-pubsub", inbox=False)
     async def on_grade(event: GradeCompleted, ctx: EventContext) -> None:
         return None
 

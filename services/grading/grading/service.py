@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import grpc
-from chassis import ConcurrencyError, EventContext, Retry, Service, StateRepository, load_settings
+from chassis import EventContext, Service, StateRepository, load_settings
 from mooc.events.v1.assessment_pb2 import SubmissionCreated
 from mooc.events.v1.grading_pb2 import GradeCompleted
 from mooc.grading.v1 import grading_pb2 as pb
@@ -35,18 +35,6 @@ class GradingServicer(pb_grpc.GradingServiceServicer):
         return stored.value
 
 
-async def keep_first_grade(grades: StateRepository[pb.GradeRecord], record: pb.GradeRecord) -> pb.GradeRecord:
-    """Store `record` unless a grade exists already (a redelivery); return the grade that stands."""
-    try:
-        await grades.save(record.submission_id, record, first_write=True)
-        return record
-    except ConcurrencyError:
-        stored = await grades.get(record.submission_id)
-        if stored is None:  # removed between the two calls: let the broker try again
-            raise Retry(f"grade of {record.submission_id!r} vanished while being stored") from None
-        return stored.value
-
-
 def build_service(settings: Settings | None = None) -> Service:
     """The service with its servicer and its `submissions` subscription registered."""
     settings = settings or load_settings(Settings)
@@ -57,9 +45,15 @@ def build_service(settings: Settings | None = None) -> Service:
 
     @service.subscribe(topic=settings.submissions_topic, event=SubmissionCreated)
     async def on_submission_created(event: SubmissionCreated, ctx: EventContext) -> None:
-        record = await keep_first_grade(grades, grade_record(event, ctx.id, settings.short_answer_threshold))
-        # Published again on redelivery, the same grade under the same id: consumers deduplicate by id.
+        # The chassis' inbox runs this once per event id; a second SubmissionCreated for the same
+        # submission finds the grade that stands and announces that one again.
+        stored = await grades.get(event.submission_id)
+        record = stored.value if stored else grade_record(event, ctx.id, settings.short_answer_threshold)
+        # Announced before the chassis commits ctx.work: a crash in between announces it again under
+        # the same id, which consumers' inboxes drop. After the commit it would be lost.
         await announce.publish(grade_completed(record, event), event_id=f"grade-{record.submission_id}")
+        if stored is None:  # first-write: a grade stored meanwhile aborts the commit, and the retry reads it
+            ctx.work.save(grades, record.submission_id, record, first_write=True)
         log.info("submission %s graded %s/%s", record.submission_id, record.score, record.max_score)
 
     return service
