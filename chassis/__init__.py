@@ -23,6 +23,7 @@ from chassis._errors import (
 )
 from chassis._events import EventContext, event_type_of
 from chassis._middleware import Call, Middleware, Next
+from chassis._proctoring import ProctoringHook, ProctoringHookContext, ProctoringSettings
 from chassis._pubsub import BulkEvent, Publisher
 from chassis._resilience import retrying
 from chassis._runtime import Service
@@ -55,6 +56,9 @@ __all__ = [
     "Middleware",
     "Next",
     "OutputBinding",
+    "ProctoringHook",
+    "ProctoringHookContext",
+    "ProctoringSettings",
     "PublishError",
     "Publisher",
     "Retry",

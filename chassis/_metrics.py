@@ -211,3 +211,28 @@ def _point_record(point: object) -> dict[str, Any]:
     if isinstance(point, NumberDataPoint):
         return {"attributes": dict(point.attributes or {}), "value": point.value}
     return {"attributes": dict(getattr(point, "attributes", None) or {})}
+
+
+_proctoring_signals = _meter.create_counter(
+    "chassis.proctoring.signals",
+    unit="{signal}",
+    description="Engagement signals of proctored RPCs: delivered to a hook, failed in one, or dropped",
+)
+_proctoring_gate = _meter.create_counter(
+    "chassis.proctoring.gate",
+    unit="{call}",
+    description="Proctoring gate answers: ALLOW, HOLD, FAIL_OPEN or FAIL_CLOSED (no answer in time)",
+)
+
+
+def record_proctoring_signal(outcome: str, *, hook: str | None = None) -> None:
+    """One signal's fate: `delivered`/`failed` (per hook) or `dropped` (the queue was full)."""
+    attributes = {"chassis.outcome": outcome}
+    if hook is not None:
+        attributes["chassis.proctoring.hook"] = hook
+    _proctoring_signals.add(1, attributes)
+
+
+def record_proctoring_gate(outcome: str, method: str) -> None:
+    """One gate decision for a call of `method`."""
+    _proctoring_gate.add(1, {"chassis.outcome": outcome, "rpc.method": method})

@@ -31,6 +31,7 @@ from chassis._errors import ChassisError, ConfigError
 from chassis._inbox import DEFAULT_TTL as INBOX_TTL
 from chassis._inbox import Inbox
 from chassis._middleware import Middleware, MiddlewareInterceptor
+from chassis._proctoring import SIGNALS_TOPIC, Proctoring, signal_type
 from chassis._pubsub import (
     AppCallback,
     BulkHandler,
@@ -65,6 +66,7 @@ class Service:
         self._publishers: list[Publisher[Any]] = []
         self._middleware: list[Middleware] = []
         self._subscriptions = SubscriptionRegistry(self._middleware)
+        self._proctoring = Proctoring(name, self.settings)
         self._outbox_stores: set[str] = set()  # stores whose outbox a unit of work has verified
         self._health = health_aio.HealthServicer()
         self._stopping = asyncio.Event()
@@ -180,6 +182,18 @@ class Service:
         self._publishers.append(publisher)
         return publisher
 
+    def proctor(self, *methods: str, gate: bool = False, learner_field: str | None = "learner_id") -> None:
+        """Tap RPCs `methods` ("SubmitAssignment" or "/pkg.Service/Method") for proctoring.
+
+        Each call's timings, status and `x-proctoring-*` client signals become an EngagementSignal
+        published off the learner's path to `proctoring.signals`; with `gate=True` the proctoring service
+        is asked first and may hold the call. `learner_field` names the request field of the learner.
+        """
+        if not self._proctoring.marked:
+            self._proctoring.signals = self.publisher(signal_type(), topic=SIGNALS_TOPIC)
+            self.use(self._proctoring.middleware)
+        self._proctoring.mark(methods, gate=gate, learner_field=learner_field)
+
     def contract(self) -> Contract:
         """The proto services this service serves and the events it consumes and publishes."""
         return Contract(
@@ -207,6 +221,7 @@ class Service:
         setup_telemetry(self.name, metrics=True)
         setup_logging(self.name)
         server = self._build_server()
+        await self._proctoring.start(servicer for _, servicer in self._servicers)
         await server.start()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         _log.info("%s serving on port %s", self.name, self.port)
@@ -272,6 +287,7 @@ class Service:
         await self._health.enter_graceful_shutdown()
         # New calls are refused at once; calls and event handlers in flight get drain_seconds to finish.
         await server.stop(grace=self.settings.drain_seconds)
+        await self._proctoring.stop()  # the drained calls' signals, flushed for a bounded time
         await self._dapr.close()
         flush_telemetry()
         _log.info("%s stopped", self.name)

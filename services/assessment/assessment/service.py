@@ -91,6 +91,7 @@ def build_service(settings: Settings | None = None) -> Service:
         pb_grpc.add_AssessmentServiceServicer_to_server,
         AssessmentServicer(service, settings, catalogue, submissions),
     )
+    service.proctor("SubmitAssignment")  # exam submissions: engagement signals to proctoring.signals
 
     @service.subscribe(topic=settings.grades_topic, event=GradeCompleted)
     async def on_grade_completed(event: GradeCompleted, ctx: EventContext) -> None:
