@@ -45,7 +45,7 @@ from chassis._settings import ServiceSettings, load_settings
 from chassis._state import StateRepository
 from chassis._telemetry import flush_telemetry, setup_logging, setup_telemetry
 from chassis._unit_of_work import UnitOfWork
-from chassis._validation import RequestValidationInterceptor
+from chassis._validation import check_requests
 
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message | BaseModel)  # a stored record: a proto message or a pydantic model
@@ -64,7 +64,7 @@ class Service:
         self._servicers: list[tuple[AddServicer, Any]] = []
         self._input_bindings = InputBindingRegistry()
         self._publishers: list[Publisher[Any]] = []
-        self._middleware: list[Middleware] = []
+        self._middleware: list[Middleware] = [check_requests]  # protovalidate rules, before all else
         self._subscriptions = SubscriptionRegistry(self._middleware)
         self._proctoring = Proctoring(name, self.settings)
         self._outbox_stores: set[str] = set()  # stores whose outbox a unit of work has verified
@@ -238,7 +238,6 @@ class Service:
     def _build_server(self) -> grpc.aio.Server:
         interceptors = [
             aio_server_interceptor(),  # type: ignore[no-untyped-call]  # outermost: middleware runs in the span
-            RequestValidationInterceptor(skip=_is_dapr_or_health),  # protovalidate: bad requests stop here
             MiddlewareInterceptor(self._middleware, skip=_is_dapr_or_health),
         ]
         server = grpc.aio.server(interceptors=interceptors)

@@ -1,7 +1,8 @@
 """Protovalidate rules, enforced at a service's edge: a request that breaks them never reaches its servicer.
 
-The rules are `(buf.validate.field)` options in `proto/`. `RequestValidationInterceptor` checks the request
-of every unary and server-streaming RPC the service serves and refuses a bad one with INVALID_ARGUMENT:
+The rules are `(buf.validate.field)` options in `proto/`. `check_requests`, the first middleware of every
+service, checks the request of each unary and server-streaming RPC it serves and refuses a bad one with
+INVALID_ARGUMENT before any other middleware (proctoring, say) or the servicer sees it:
 a message naming each field, and a google.rpc.BadRequest with one FieldViolation per broken rule in the
 rich status details (`grpc-status-details-bin`, read back by `grpc_status.rpc_status.from_call`).
 `validate(message)` is the same check for other edges (consumed events, an HTTP gateway).
@@ -10,7 +11,6 @@ rich status details (`grpc-status-details-bin`, read back by `grpc_status.rpc_st
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
@@ -20,9 +20,9 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[i
 from grpc_status import rpc_status
 
 from chassis._errors import ContractError, InvalidMessage
+from chassis._middleware import Call, Next
 
 if TYPE_CHECKING:
-    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
     Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 # One validator for the process: it compiles a message type's rules on first sight and reuses them, so a
@@ -57,74 +57,14 @@ def bad_request_status(error: InvalidMessage) -> grpc.Status:
     return refusal
 
 
-class RequestValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Validates each request of the service's own unary and server-streaming RPCs before its handler runs.
+async def check_requests(call: Call, call_next: Next) -> object:
+    """Middleware, always first in a service's chain: a request that breaks its rules goes no further.
 
-    Methods `skip` accepts (Dapr's app callbacks, health) pass untouched, as do request streams.
+    Request streams (message None) and raw bytes (a proxy's generic handler) pass: nothing to check.
     """
-
-    def __init__(self, *, skip: Callable[[str], bool]) -> None:
-        self._skip = skip
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}  # method -> (its handler, validated)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(details)
-        method: str = details.method
-        if handler is None or self._skip(method):
-            return handler
-        cached = self._wrapped.get(method)
-        if cached is None or cached[0] is not handler:
-            cached = (handler, _validated(handler))
-            self._wrapped[method] = cached
-        return cached[1]
-
-
-def _validated(handler: Handler) -> Handler:
-    if handler.request_deserializer is None:
-        return handler  # raw bytes (a proxy's generic handler): no message to check
-    if handler.unary_unary is not None:
-        check = _Checked(handler.unary_unary)
-        wrapped: Handler = grpc.unary_unary_rpc_method_handler(
-            check.unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        return wrapped
-    if handler.unary_stream is not None:
-        check = _Checked(handler.unary_stream)
-        wrapped = grpc.unary_stream_rpc_method_handler(
-            check.stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        return wrapped
-    return handler  # a request stream: its messages arrive one by one, inside the handler
-
-
-class _Checked:
-    """One RPC handler behind the request check."""
-
-    def __init__(self, behavior: Callable[..., Any]) -> None:
-        self._behavior = behavior
-
-    async def unary(self, request: Message, context: Context) -> Any:
-        await _refuse_if_invalid(request, context)
-        outcome = self._behavior(request, context)
-        return await outcome if isinstance(outcome, Awaitable) else outcome
-
-    async def stream(self, request: Message, context: Context) -> AsyncIterator[Any]:
-        """grpc.aio streams what an async generator yields; a handler that writes has written already."""
-        await _refuse_if_invalid(request, context)
-        outcome = self._behavior(request, context)
-        if isinstance(outcome, Awaitable):
-            await outcome
-            return
-        async for response in outcome:
-            yield response
+    if call.kind == "rpc" and isinstance(call.message, Message) and call.rpc is not None:
+        await _refuse_if_invalid(call.message, call.rpc)
+    return await call_next(call)
 
 
 async def _refuse_if_invalid(request: Message, context: Context) -> None:

@@ -25,7 +25,8 @@ from mooc.assessment.v1 import assessment_pb2 as api
 from mooc.assessment.v1 import assessment_pb2_grpc as api_grpc
 
 from chassis._errors import InvalidMessage
-from chassis._validation import RequestValidationInterceptor, validate
+from chassis._middleware import MiddlewareInterceptor
+from chassis._validation import check_requests, validate
 from chassis.cli import main
 from chassis.invoke import channel
 from chassis.testing import AppProcess, Sidecar, free_port
@@ -113,7 +114,8 @@ async def test_a_server_streaming_request_is_checked_before_the_handler_streams(
             response_serializer=api.Submission.SerializeToString,
         )
     }
-    server = grpc.aio.server(interceptors=[RequestValidationInterceptor(skip=lambda method: False)])
+    checked = MiddlewareInterceptor([check_requests], skip=lambda method: False)
+    server = grpc.aio.server(interceptors=[checked])
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.v1.Watcher", rpcs),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
