@@ -1,4 +1,4 @@
-"""`python -m benchmarks [invoke state pubsub bulk scaffold]`: run the chosen benchmarks (default all),
+"""`python -m benchmarks [invoke edge state pubsub bulk scaffold]`: run the chosen benchmarks (default all),
 print tables.
 
 Set BENCH_PROFILE=<dir> to sample the sidecar with py-spy during each measurement (figures then skewed).
@@ -12,12 +12,20 @@ import platform
 import sys
 import time
 
-from benchmarks import bulk, invoke, pubsub, scaffold, state
+from benchmarks import bulk, edge, invoke, pubsub, scaffold, state
 from benchmarks._common import clean_environment, report
 
-SUITES = {"invoke": invoke, "state": state, "pubsub": pubsub, "bulk": bulk, "scaffold": scaffold}
+SUITES = {
+    "invoke": invoke,
+    "edge": edge,
+    "state": state,
+    "pubsub": pubsub,
+    "bulk": bulk,
+    "scaffold": scaffold,
+}
 TITLES = {
     "invoke": "invoke hop (grpc.health Check: direct vs sidecar proxy)",
+    "edge": "a service's own RPC: bare grpc.aio vs chassis.Service (no sidecar)",
     "state": "state get/save (async SDK)",
     "pubsub": "publish and publish -> handler",
     "bulk": "delivery rate on Redis",
