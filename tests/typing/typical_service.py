@@ -8,6 +8,7 @@ tests/typing/test_typing.py type-checks this file (and a copy with mistakes, whi
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from mooc.events.v1.assessment_pb2 import SubmissionCreated
 from mooc.events.v1.grading_pb2 import GradeCompleted
@@ -17,6 +18,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from chassis import (
+    BulkEvent,
     Call,
     ConcurrencyError,
     Drop,
@@ -86,5 +88,15 @@ def build_service(settings: Settings | None = None) -> Service:
         if event.max_score and event.score / event.max_score < 0.5:
             again = SubmissionCreated(learner_id=event.learner_id, assignment_id=event.assignment_id)
             await resubmit.publish(again, event_id=f"resubmit-{event.submission_id}")
+
+    @service.subscribe_bulk(topic="grades-archive", event=GradeCompleted, max_messages=50)
+    async def archive(batch: Sequence[BulkEvent[GradeCompleted]]) -> None:
+        for item in batch:
+            if not item.event.submission_id:
+                item.drop("a grade without its submission cannot be archived")
+                continue
+            # Saved with the inbox marker of this event, in one transaction: once per event.
+            record = GradeRecord(submission_id=item.event.submission_id, score=item.event.score)
+            item.ctx.work.save(tallies, f"archived-{item.event.submission_id}", record)
 
     return service
