@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,28 +11,19 @@ import pytest
 from mooc.assessment.v1 import assessment_pb2 as api
 from mooc.assessment.v1 import assessment_pb2_grpc as api_grpc
 
-from chassis.testing import AppProcess, Sidecar, free_port, wait_for
+from chassis.testing import Sidecar, StartService, wait_for
 
 APPS = Path(__file__).parent / "apps"
 SUBMIT = "/mooc.assessment.v1.AssessmentService/SubmitAssignment"
 
 
 @pytest.fixture
-def service(
-    tmp_path: Path, sidecar_factory: Callable[..., Sidecar], app_factory: Callable[..., AppProcess]
-) -> tuple[Sidecar, Path]:
+async def service(tmp_path: Path, chassis_service: StartService) -> tuple[Sidecar, Path]:
     log = tmp_path / "middleware.jsonl"
-    port = free_port()
-    sidecar = sidecar_factory("middleware", app_port=port)
-    app_factory(
-        "middleware_service",
-        app_id="middleware",
-        app_port=port,
-        sidecar=sidecar,
-        pythonpath=[APPS],
-        env={"MIDDLEWARE_LOG": str(log)},
+    started = chassis_service(
+        "middleware_service", app_id="middleware", pythonpath=[APPS], env={"MIDDLEWARE_LOG": str(log)}
     )
-    return sidecar, log
+    return started.sidecar, log
 
 
 def entries(log: Path) -> list[dict[str, Any]]:
