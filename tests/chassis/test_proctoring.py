@@ -28,7 +28,7 @@ from mooc.events.v1.proctoring_pb2 import EngagementSignal
 
 from chassis import Service, ServiceSettings
 from chassis._protogen import ensure_generated
-from chassis.testing import AppProcess, Sidecar, free_port, wait_for
+from chassis.testing import AppProcess, Sidecar, StartService, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 APPS = Path(__file__).parent / "apps"
@@ -83,47 +83,31 @@ def plugins(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def start_proctoring(
-    tmp_path: Path, sidecar_factory: Callable[..., Sidecar], app_factory: Callable[..., AppProcess]
-) -> Callable[..., Path]:
+def start_proctoring(tmp_path: Path, chassis_service: StartService) -> Callable[..., Path]:
     """Start the proctoring service; returns the file of the signals it receives."""
 
     def start(**env: str) -> Path:
         signals = tmp_path / "signals.jsonl"
-        port = free_port()
-        sidecar = sidecar_factory("proctoring", app_port=port)
-        app_factory(
+        chassis_service(
             "proctoring_gate_service",
             app_id="proctoring",
-            app_port=port,
-            sidecar=sidecar,
             pythonpath=[APPS],
             env={"SIGNALS_LOG": str(signals), **env},
         )
-        sidecar.wait_until(sidecar.sees_app, 30, "connected to its app")
         return signals
 
     return start
 
 
 @pytest.fixture
-def start_proctored(
-    tmp_path: Path,
-    plugins: Path,
-    sidecar_factory: Callable[..., Sidecar],
-    app_factory: Callable[..., AppProcess],
-) -> Callable[..., Proctored]:
+def start_proctored(tmp_path: Path, plugins: Path, chassis_service: StartService) -> Callable[..., Proctored]:
     """Start the proctored service; `env` adds CHASSIS_PROCTORING_* and the app's own switches."""
 
     def start(**env: str) -> Proctored:
         handled, metrics = tmp_path / "handled.txt", tmp_path / "metrics.jsonl"
-        port = free_port()
-        sidecar = sidecar_factory("proctored", app_port=port)
-        app = app_factory(
+        started = chassis_service(
             "proctored_service",
             app_id="proctored",
-            app_port=port,
-            sidecar=sidecar,
             pythonpath=[APPS, plugins],
             env={
                 "HANDLED_LOG": str(handled),
@@ -132,7 +116,7 @@ def start_proctored(
                 **env,
             },
         )
-        return Proctored(sidecar, app, handled, metrics)
+        return Proctored(started.sidecar, started.app, handled, metrics)
 
     return start
 
