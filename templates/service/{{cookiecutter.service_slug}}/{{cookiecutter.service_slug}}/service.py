@@ -16,9 +16,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def check_record(record: pb.Record, max_title_length: int) -> str | None:
-    """What is wrong with `record`, or None when it can be stored."""
-    if not record.record_id.strip():
-        return "record.record_id is required"
+    """What is wrong with `record` by this service's settings, or None when it can be stored.
+
+    The proto's protovalidate rules (an id, bounded lengths) were checked before the call got here.
+    """
     if len(record.title) > max_title_length:
         return f"record.title is longer than {max_title_length} characters"
     return None
