@@ -131,7 +131,8 @@ def app_retrying(policy: RetryPolicy | None, *, budget: float) -> AsyncRetrying:
     """The retries around one call to an app, all of them within `budget` seconds (the caller's deadline).
 
     With a YAML retry policy: its back-off (constant `duration`, or exponential up to `maxInterval`
-    with daprd's randomisation) and `maxRetries`, on UNAVAILABLE and DEADLINE_EXCEEDED only. Without
+    with daprd's randomisation) and `maxRetries`, on UNAVAILABLE and DEADLINE_EXCEEDED (or the codes
+    its `matching.gRPCStatusCodes` lists). Without
     one: the built-in transient policy. Either way no retry starts once the deadline would pass, and
     an open circuit breaker's answer is final.
     """
@@ -140,7 +141,7 @@ def app_retrying(policy: RetryPolicy | None, *, budget: float) -> AsyncRetrying:
     retries = policy.max_retries
     attempts: stop_base = stop_after_attempt(retries + 1) if retries >= 0 else stop_never
     return AsyncRetrying(
-        retry=retry_if_exception(_app_retryable),
+        retry=retry_if_exception(functools.partial(_app_retryable, policy)),
         stop=attempts | stop_before_delay(budget),
         wait=lambda state: policy.delay(state.attempt_number) or 0.0,
         before_sleep=_log_retry,
@@ -148,8 +149,14 @@ def app_retrying(policy: RetryPolicy | None, *, budget: float) -> AsyncRetrying:
     )
 
 
-def _app_retryable(exc: BaseException) -> bool:
-    return grpc_code_of(exc) in APP_RETRY_CODES and not is_breaker_refusal(exc)
+def _app_retryable(policy: RetryPolicy, exc: BaseException) -> bool:
+    """UNAVAILABLE or DEADLINE_EXCEEDED, or the codes the policy's `matching.gRPCStatusCodes` lists."""
+    code = grpc_code_of(exc)
+    if code is None or is_breaker_refusal(exc):
+        return False
+    if policy.grpc_codes is not None:
+        return int(code.value[0]) in policy.grpc_codes
+    return code in APP_RETRY_CODES
 
 
 def _log_retry(state: RetryCallState) -> None:

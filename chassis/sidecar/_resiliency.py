@@ -64,12 +64,17 @@ class PolicyTimeout(SidecarError):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """`policy: constant|exponential`, `duration`, `maxInterval`, `maxRetries` (-1 = forever)."""
+    """`policy: constant|exponential`, `duration`, `maxInterval`, `maxRetries` (-1 = forever), `matching`.
+
+    `matching.gRPCStatusCodes` / `httpStatusCodes` narrow which failures are retried (None: every one).
+    """
 
     policy: Literal["constant", "exponential"] = "constant"
     duration: float = 5.0
     max_interval: float = 60.0
     max_retries: int = -1
+    grpc_codes: frozenset[int] | None = None
+    http_codes: frozenset[int] | None = None
 
     def delay(self, attempt: int) -> float | None:
         """Seconds to wait before retry number `attempt` (1 = first retry); None = give up."""
@@ -415,12 +420,41 @@ def _retry(where: str, label: str, value: Any) -> RetryPolicy:
     policy = str(spec.get("policy", "constant"))
     if policy not in ("constant", "exponential"):
         raise ResourceError(where, f"{label}.policy", f"expected constant or exponential, got {policy!r}")
+    matching = _fields(where, f"{label}.matching", spec.get("matching") or {}, set(_STATUS_RANGES))
+    grpc_label, http_label = f"{label}.matching.gRPCStatusCodes", f"{label}.matching.httpStatusCodes"
     return RetryPolicy(
         "constant" if policy == "constant" else "exponential",
         _duration(where, f"{label}.duration", spec.get("duration", "5s")),
         _duration(where, f"{label}.maxInterval", spec.get("maxInterval", "60s")),
         _int(where, f"{label}.maxRetries", spec.get("maxRetries", -1)),
+        _status_codes(where, grpc_label, matching.get("gRPCStatusCodes")),
+        _status_codes(where, http_label, matching.get("httpStatusCodes")),
     )
+
+
+# The codes `matching` may list, as daprd validates them.
+_STATUS_RANGES = {"gRPCStatusCodes": (0, 16), "httpStatusCodes": (100, 599)}
+
+
+def _status_codes(where: str, label: str, value: Any) -> frozenset[int] | None:
+    """`"429,500-599"` -> those codes; empty or unset -> None (retry every failure), as daprd."""
+    text = "" if value is None else str(value).strip()
+    if not text:
+        return None
+    low, high = _STATUS_RANGES[label.rsplit(".", 1)[1]]
+    codes: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            start, end = int(first), int(last or first)
+        except ValueError:
+            raise ResourceError(
+                where, label, f"expected codes or ranges like 429,500-599, got {part!r}"
+            ) from None
+        if not low <= start <= end <= high:
+            raise ResourceError(where, label, f"{part.strip()!r} is not a range within {low}-{high}")
+        codes.update(range(start, end + 1))
+    return frozenset(codes)
 
 
 def _breaker(where: str, label: str, value: Any) -> BreakerSpec:

@@ -48,6 +48,7 @@ spec:
       twice: {policy: constant, duration: 200ms, maxRetries: 2}
       patient: {policy: constant, duration: 100ms, maxRetries: 10}
       steady: {policy: constant, duration: 300ms, maxRetries: 5}
+      exhausted: {policy: constant, duration: 100ms, maxRetries: 3, matching: {gRPCStatusCodes: "8"}}
     circuitBreakers:
       twoStrikes: {maxRequests: 1, timeout: 60s, trip: consecutiveFailures > 1}
   targets:
@@ -55,9 +56,13 @@ spec:
       flaky: {retry: twice}
       slow: {timeout: attempt, retry: patient}
       fragile: {retry: steady, circuitBreaker: twoStrikes}
+      picky: {retry: exhausted}
     components:
       guarded: {outbound: {retry: steady}}
 """
+
+
+CALLEES = ("flaky", "slow", "fragile", "picky")
 
 
 # ---- a scripted callee ----------------------------------------------------------------------------
@@ -113,7 +118,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     health_pb2_grpc.add_HealthServicer_to_server(callee, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    sidecars = [Sidecar(app, workdir, app_port=port) for app in ("flaky", "slow", "fragile")]
+    sidecars = [Sidecar(app, workdir, app_port=port) for app in CALLEES]
     caller = Sidecar("caller", workdir, resources=[resources])
     try:
         _spawn_all([*sidecars, caller])
@@ -140,7 +145,7 @@ async def check(mesh: Mesh, app_id: str, key: str, deadline: float | None = None
 @pytest.fixture
 async def ready(mesh: Mesh) -> Mesh:
     """Every callee app reachable through the caller's sidecar (registered in the shared registry)."""
-    for app_id in {"flaky", "slow", "fragile"} - mesh.reachable:
+    for app_id in set(CALLEES) - mesh.reachable:
 
         async def reachable(app_id: str = app_id) -> bool:
             try:
@@ -181,6 +186,20 @@ async def test_the_retries_stop_after_max_retries(ready: Mesh) -> None:
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert caught.value.details() == "induced failure"  # the callee's own answer, relayed
     assert len(ready.callee.calls[key]) == 3  # maxRetries: 2
+
+
+async def test_matching_grpc_status_codes_choose_what_is_retried(ready: Mesh) -> None:
+    # `picky` retries RESOURCE_EXHAUSTED (8) only: the policy's own list replaces the default codes.
+    listed = ready.callee.script("exhausted-twice", [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2)
+    unlisted = ready.callee.script("unavailable-once", [grpc.StatusCode.UNAVAILABLE])
+
+    reply = await check(ready, "picky", listed)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await check(ready, "picky", unlisted)
+
+    assert reply.status == SERVING and len(ready.callee.calls[listed]) == 3
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert len(ready.callee.calls[unlisted]) == 1
 
 
 # ---- (2) answers are not retried ----------------------------------------------------------------

@@ -216,6 +216,19 @@ metadata: {name: r}
         ("spec: {policies: {retries: {r: {backoff: 1s}}}}", "spec.policies.retries.r.backoff: unknown"),
         ("spec: {policies: {circuitBreakers: {c: {trip: 'x > 1'}}}}", "spec.policies.circuitBreakers.c.trip"),
         ("spec: {targets: {apps: {a: {retry: nope}}}}", "spec.targets.apps.a.retry: no retries policy"),
+        (
+            "spec: {policies: {retries: {r: {matching: {gRPCStatusCodes: '1-4,x'}}}}}",
+            "spec.policies.retries.r.matching.gRPCStatusCodes: expected codes or ranges",
+        ),
+        (
+            "spec: {policies: {retries: {r: {matching: {gRPCStatusCodes: '14-17'}}}}}",
+            "spec.policies.retries.r.matching.gRPCStatusCodes: '14-17' is not a range within 0-16",
+        ),
+        (
+            "spec: {policies: {retries: {r: {matching: {httpStatusCodes: '599-500'}}}}}",
+            "spec.policies.retries.r.matching.httpStatusCodes",
+        ),
+        ("spec: {policies: {retries: {r: {matching: {codes: '1'}}}}}", "retries.r.matching.codes: unknown"),
         ("spec: {targets: {components: {c: {sideways: {}}}}}", "spec.targets.components.c.sideways"),
     ],
 )
@@ -225,6 +238,21 @@ def test_invalid_resiliency_is_one_error_naming_file_and_field(tmp_path: Path, b
         load_resiliency([tmp_path], "app")
     assert str(error.value).startswith(f"{tmp_path / 'res.yaml'}: ")
     assert field in str(error.value)
+
+
+def test_retry_matching_lists_the_codes_that_are_retried(tmp_path: Path) -> None:
+    body = """\
+spec:
+  policies:
+    retries:
+      picky: {matching: {httpStatusCodes: "429,500-503", gRPCStatusCodes: "1-4,8,14"}}
+      any: {matching: {httpStatusCodes: ""}}
+"""
+    (tmp_path / "res.yaml").write_text(RESILIENCY_HEAD + body)
+    retries = load_resiliency([tmp_path], "app").retries
+    assert retries["picky"].http_codes == {429, 500, 501, 502, 503}
+    assert retries["picky"].grpc_codes == {1, 2, 3, 4, 8, 14}
+    assert (retries["any"].http_codes, retries["any"].grpc_codes) == (None, None)  # empty: every failure
 
 
 def test_resiliency_scopes_select_the_app(tmp_path: Path) -> None:
