@@ -95,6 +95,15 @@ def app_factory(
 def _stop_all(processes: list[Sidecar] | list[AppProcess]) -> None:
     for process in reversed(processes):
         process.stop()
+    for process in processes:
+        print_log_tail(process.label, process.log())
+
+
+def print_log_tail(label: str, log: str, lines: int = 80) -> None:
+    """What a process logged, for pytest to show with a failed test (captured, hidden when it passes)."""
+    tail = log.splitlines()[-lines:]
+    if tail:
+        print(f"----- {label}: the last {len(tail)} lines of its log -----", *tail, sep="\n")
 
 
 @pytest_asyncio.fixture

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from e2e_kit import GradeAudit, Learner, Platform
 
+from chassis.testing.plugin import print_log_tail
+
 
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator[Platform]:
@@ -20,6 +22,7 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
     finally:
         if platform.process is not None:
             platform.process.stop()
+        print_log_tail("chassis up", platform.log(), lines=300)
 
 
 @pytest.fixture
