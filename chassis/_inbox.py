@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
@@ -70,9 +70,9 @@ class Inbox:
     app_id: str
     store: str
     outbox_stores: set[str]  # the service's stores known to have the outbox on (shared)
+    plain_stores: set[str]  # and those known to have it off (shared)
     enabled: bool = True
     ttl: timedelta = DEFAULT_TTL
-    plain_stores: set[str] = field(default_factory=set)  # stores known to have it off
 
     def __post_init__(self) -> None:
         if self.ttl.total_seconds() < 1:
@@ -113,14 +113,9 @@ class Inbox:
         if not self.enabled:
             await work.apply()
             return True
-        marker = Upsert(
-            self.key(ctx),
-            InboxMarker(event_type=ctx.type, handled_at=datetime.now(UTC)),
-            first_write=True,
-            ttl_seconds=int(self.ttl.total_seconds()),
-        )
+        marker = InboxMarker(event_type=ctx.type, handled_at=datetime.now(UTC))
         if not work.changes:
-            return await self._mark(marker)
+            return await self._save_alone(ctx, marker)
         if work.publishes or await work.on_outbox_store(self.plain_stores):
             # The outbox would publish the marker too: it is written right after the commit instead.
             if not work.publishes and any(isinstance(change, Upsert) for change in work.changes):
@@ -129,22 +124,27 @@ class Inbox:
                     "publishes every record a transaction saves: give each saved record its event"
                 )
             await work.apply()
-            await self._mark(marker)
+            await self._save_alone(ctx, marker)
             return True
         try:
-            await work.apply(marker)
+            await work.apply(Upsert(self.key(ctx), marker, first_write=True, ttl_seconds=self._ttl_seconds))
         except ConcurrencyError:
             if await self.handled(ctx):
                 return False
             raise  # the handler's own ETag or first-write conflict: redelivered, it runs again
         return True
 
-    async def _mark(self, marker: Upsert) -> bool:
-        assert isinstance(marker.value, InboxMarker)
+    @property
+    def _ttl_seconds(self) -> int:
+        return int(self.ttl.total_seconds())
+
+    async def _save_alone(self, ctx: EventContext, marker: InboxMarker) -> bool:
+        """The marker on its own; False when another delivery wrote it first.
+
+        A plain SaveState, not a transaction: Dapr's outbox publishes only what transactions save.
+        """
         try:
-            await self.markers.save(
-                marker.key, marker.value, first_write=True, ttl_seconds=marker.ttl_seconds
-            )
+            await self.markers.save(self.key(ctx), marker, first_write=True, ttl_seconds=self._ttl_seconds)
         except ConcurrencyError:
             return False
         return True

@@ -63,6 +63,19 @@ _retries = _meter.create_counter(
 _drops = _meter.create_counter(
     "chassis.event.drops", unit="{event}", description="Deliveries answered DROP (dead-lettered where set)"
 )
+_duplicates = _meter.create_counter(
+    "chassis.event.duplicates", unit="{event}", description="Deliveries of events the inbox had seen handled"
+)
+_proctoring_signals = _meter.create_counter(
+    "chassis.proctoring.signals",
+    unit="{signal}",
+    description="Engagement signals of proctored RPCs: delivered to a hook, failed in one, or dropped",
+)
+_proctoring_gate = _meter.create_counter(
+    "chassis.proctoring.gate",
+    unit="{call}",
+    description="Proctoring gate answers: ALLOW, HOLD, FAIL_OPEN or FAIL_CLOSED (no answer in time)",
+)
 
 
 def record_event_lag(topic: str, event_time: object) -> None:
@@ -97,6 +110,24 @@ def record_handled(topic: str, outcome: str, seconds: float) -> None:
 def record_undeliverable(topic: str) -> None:
     """A delivery dropped before any handler ran (no handler for the topic, or data not of its type)."""
     _drops.add(1, {"messaging.destination.name": topic})
+
+
+def record_duplicate(topic: str) -> None:
+    """A delivery acknowledged without its handler: the inbox had seen the event handled."""
+    _duplicates.add(1, {"messaging.destination.name": topic})
+
+
+def record_proctoring_signal(outcome: str, *, hook: str | None = None) -> None:
+    """One signal's fate: `delivered`/`failed` (per hook) or `dropped` (the queue was full)."""
+    attributes = {"chassis.outcome": outcome}
+    if hook is not None:
+        attributes["chassis.proctoring.hook"] = hook
+    _proctoring_signals.add(1, attributes)
+
+
+def record_proctoring_gate(outcome: str, method: str) -> None:
+    """One gate decision for a call of `method`."""
+    _proctoring_gate.add(1, {"chassis.outcome": outcome, "rpc.method": method})
 
 
 class RpcMetricsSpanProcessor(SpanProcessor):
@@ -211,28 +242,3 @@ def _point_record(point: object) -> dict[str, Any]:
     if isinstance(point, NumberDataPoint):
         return {"attributes": dict(point.attributes or {}), "value": point.value}
     return {"attributes": dict(getattr(point, "attributes", None) or {})}
-
-
-_proctoring_signals = _meter.create_counter(
-    "chassis.proctoring.signals",
-    unit="{signal}",
-    description="Engagement signals of proctored RPCs: delivered to a hook, failed in one, or dropped",
-)
-_proctoring_gate = _meter.create_counter(
-    "chassis.proctoring.gate",
-    unit="{call}",
-    description="Proctoring gate answers: ALLOW, HOLD, FAIL_OPEN or FAIL_CLOSED (no answer in time)",
-)
-
-
-def record_proctoring_signal(outcome: str, *, hook: str | None = None) -> None:
-    """One signal's fate: `delivered`/`failed` (per hook) or `dropped` (the queue was full)."""
-    attributes = {"chassis.outcome": outcome}
-    if hook is not None:
-        attributes["chassis.proctoring.hook"] = hook
-    _proctoring_signals.add(1, attributes)
-
-
-def record_proctoring_gate(outcome: str, method: str) -> None:
-    """One gate decision for a call of `method`."""
-    _proctoring_gate.add(1, {"chassis.outcome": outcome, "rpc.method": method})

@@ -21,7 +21,7 @@ from dapr.proto.runtime.v1 import appcallback_pb2 as callback_v1
 from dapr.proto.runtime.v1 import appcallback_pb2_grpc as callback_grpc
 from google.protobuf import empty_pb2, json_format
 from google.protobuf.message import Message
-from opentelemetry import metrics, trace
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -29,7 +29,7 @@ from chassis._bindings import BindingEvent, InputBindingRegistry
 from chassis._dapr import Dapr
 from chassis._errors import ChassisError, ConfigError, Drop, PublishError, Retry
 from chassis._events import JSON_CONTENT_TYPE, EventContext, event_to_json, event_type_of, message_from_json
-from chassis._metrics import record_event_lag, record_handled, record_undeliverable
+from chassis._metrics import record_duplicate, record_event_lag, record_handled, record_undeliverable
 from chassis._middleware import Call, Middleware, Next, chain
 from chassis._resilience import grpc_code_of
 from chassis._telemetry import context_from_traceparent, current_traceparent, trace_id_of
@@ -47,9 +47,6 @@ SUCCESS, RETRY, DROP = _Response.SUCCESS, _Response.RETRY, _Response.DROP
 
 _log = logging.getLogger("chassis.pubsub")
 _tracer = trace.get_tracer("chassis")
-_duplicates = metrics.get_meter("chassis").create_counter(
-    "chassis.event.duplicates", unit="{event}", description="Deliveries of events the inbox had seen handled"
-)
 
 # gRPC metadata that belongs to the transport or to tracing, not to the message.
 _TRANSPORT_KEYS = frozenset({"traceparent", "tracestate", "user-agent", "content-type", "te"})
@@ -392,18 +389,26 @@ async def _outcome(
         )
         if inbox is not None and not await inbox.complete(context):
             _skip_duplicate(context, span, "another delivery committed it first")
-    except Retry as outcome:
-        _log.info("handler asked to retry event %s on %s: %s", context.id, context.topic, outcome)
-        return RETRY
-    except Drop as outcome:
-        _log.warning("handler dropped event %s on %s: %s", context.id, context.topic, outcome)
-        return DROP
     except Exception as err:
-        _log.exception("handler failed on event %s on %s; it will be redelivered", context.id, context.topic)
-        span.record_exception(err)
-        span.set_status(Status(StatusCode.ERROR, str(err)))
-        return RETRY
+        return _failure(err, f"event {context.id} on {context.topic}", span)
     return SUCCESS
+
+
+def _failure(err: Exception, what: str, span: trace.Span) -> Outcome:
+    """What a handler's error answers: Retry -> RETRY, Drop -> DROP, any other error -> RETRY.
+
+    Called from an `except` block, so an unexpected error is logged with its traceback.
+    """
+    if isinstance(err, Retry):
+        _log.info("handler asked to retry %s: %s", what, err)
+        return RETRY
+    if isinstance(err, Drop):
+        _log.warning("handler dropped %s: %s", what, err)
+        return DROP
+    _log.exception("handler failed on %s; it will be redelivered", what)
+    span.record_exception(err)
+    span.set_status(Status(StatusCode.ERROR, str(err)))
+    return RETRY
 
 
 def _handler_endpoint(subscription: Subscription[Any], context: EventContext) -> Next:
@@ -493,33 +498,16 @@ async def _bulk_outcomes(
 
             await chain(middleware, handle)(Call("consume", subscription.topic, None))
     except Exception as err:
-        status = _batch_failure(subscription.topic, len(batch), err, span)
+        status = _failure(err, f"a batch of {len(batch)} events on {subscription.topic}", span)
         return statuses | {entry_id: status for entry_id, _ in batch}
     outcomes = await asyncio.gather(*(_bulk_entry_outcome(inbox, item, span) for _, item in batch))
     return statuses | {entry_id: status for (entry_id, _), status in zip(batch, outcomes, strict=True)}
 
 
-def _batch_failure(topic: str, size: int, err: Exception, span: trace.Span) -> Outcome:
-    if isinstance(err, Retry):
-        _log.info("bulk handler asked to retry %d events on %s: %s", size, topic, err)
-        return RETRY
-    if isinstance(err, Drop):
-        _log.warning("bulk handler dropped %d events on %s: %s", size, topic, err)
-        return DROP
-    _log.exception("bulk handler failed on %d events on %s; they will be redelivered", size, topic)
-    span.record_exception(err)
-    span.set_status(Status(StatusCode.ERROR, str(err)))
-    return RETRY
-
-
 async def _bulk_entry_outcome(inbox: Inbox | None, item: BulkEvent[Any], span: trace.Span) -> Outcome:
     ctx = item.ctx
-    if isinstance(item.outcome, Retry):
-        _log.info("bulk handler asked to retry event %s on %s: %s", ctx.id, ctx.topic, item.outcome)
-        return RETRY
-    if isinstance(item.outcome, Drop):
-        _log.warning("bulk handler dropped event %s on %s: %s", ctx.id, ctx.topic, item.outcome)
-        return DROP
+    if item.outcome is not None:  # the handler's `retry` or `drop` of this entry
+        return _failure(item.outcome, f"event {ctx.id} on {ctx.topic}", span)
     if inbox is None:
         return SUCCESS
     try:
@@ -536,7 +524,7 @@ async def _bulk_entry_outcome(inbox: Inbox | None, item: BulkEvent[Any], span: t
 def _skip_duplicate(context: EventContext, span: trace.Span, why: str) -> None:
     _log.info("event %s on %s was handled already (%s): acknowledged", context.id, context.topic, why)
     span.set_attribute("chassis.duplicate", True)
-    _duplicates.add(1, {"messaging.destination.name": context.topic})
+    record_duplicate(context.topic)
 
 
 def _parent_for(traceparent: str | None) -> Context | None:

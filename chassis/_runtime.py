@@ -68,6 +68,7 @@ class Service:
         self._subscriptions = SubscriptionRegistry(self._middleware)
         self._proctoring = Proctoring(name, self.settings)
         self._outbox_stores: set[str] = set()  # stores whose outbox a unit of work has verified
+        self._plain_stores: set[str] = set()  # stores found to have no outbox (by an inbox)
         self._health = health_aio.HealthServicer()
         self._stopping = asyncio.Event()
         self.port: int | None = None
@@ -151,7 +152,7 @@ class Service:
 
     def _inbox(self, store: str | None, enabled: bool, ttl: timedelta) -> Inbox:
         store = store or self.settings.state_store
-        return Inbox(self._dapr, self.name, store, self._outbox_stores, enabled, ttl)
+        return Inbox(self._dapr, self.name, store, self._outbox_stores, self._plain_stores, enabled, ttl)
 
     def on_binding(self, name: str) -> Callable[[BindingHandler], BindingHandler]:
         """Decorate `async def handler(event: BindingEvent) -> None` to receive binding `name`'s events."""

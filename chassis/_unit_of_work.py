@@ -174,5 +174,7 @@ class UnitOfWork:
                 raise
             self._verified.add(self.store)  # refused as a projection without its record: outbox on
             return True
-        await self._dapr.call(lambda c: c.delete_state(store_name=self.store, key=probe))
+        await self._dapr.call(
+            lambda c: c.delete_state(store_name=self.store, key=probe), component=self.store
+        )
         return False

@@ -29,8 +29,7 @@ from mooc.events.v1.grading_pb2 import GradeCompleted
 from mooc.grading.v1.grading_pb2 import GradeRecord
 
 from chassis import BulkEvent, EventContext, Service, ServiceSettings, load_settings
-from chassis._inbox import Inbox
-from chassis._state import Upsert
+from chassis._inbox import Inbox, InboxMarker
 
 settings = load_settings(ServiceSettings)
 service = Service("consumer", settings)
@@ -152,7 +151,7 @@ if OUTBOX_STORE:
 
 # ---- fault injection: hang where a crash would leave the work done and the delivery unanswered --------
 
-_complete, _mark = Inbox.complete, Inbox._mark
+_complete, _save_alone = Inbox.complete, Inbox._save_alone
 
 
 async def _complete_then_hang(self: Inbox, ctx: EventContext) -> bool:
@@ -164,18 +163,18 @@ async def _complete_then_hang(self: Inbox, ctx: EventContext) -> bool:
     return done
 
 
-async def _hang_before_mark(self: Inbox, marker: Upsert) -> bool:
-    if "/outbox-grades/" not in marker.key:
-        return await _mark(self, marker)
-    write({"handler": "committed", "id": marker.key.rsplit("/", 1)[-1]})
+async def _hang_before_mark(self: Inbox, ctx: EventContext, marker: InboxMarker) -> bool:
+    if ctx.topic != "outbox-grades":
+        return await _save_alone(self, ctx, marker)
+    write({"handler": "committed", "id": ctx.id})
     await asyncio.sleep(3600)
-    return await _mark(self, marker)
+    return await _save_alone(self, ctx, marker)
 
 
 if HANG == "complete":
     Inbox.complete = _complete_then_hang  # type: ignore[method-assign]
 elif HANG == "mark":
-    Inbox._mark = _hang_before_mark  # type: ignore[method-assign]
+    Inbox._save_alone = _hang_before_mark  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":
