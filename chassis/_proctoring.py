@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import grpc
 from google.protobuf import descriptor_pool
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,7 +37,8 @@ from chassis._errors import ConfigError, ContractError
 from chassis._metrics import record_proctoring_gate, record_proctoring_signal
 from chassis._middleware import Call, Next
 from chassis._pubsub import Publisher
-from chassis._settings import ServiceSettings, sidecar_grpc_port
+from chassis._settings import ServiceSettings, settings_problem, sidecar_grpc_port
+from chassis._telemetry import current_traceparent, trace_id_of
 
 if TYPE_CHECKING:
     from mooc.events.v1.proctoring_pb2 import EngagementSignal
@@ -79,9 +79,7 @@ def load_proctoring_settings() -> ProctoringSettings:
     try:
         return ProctoringSettings()
     except ValidationError as err:
-        first = err.errors()[0]
-        env_name = str(first["loc"][0]) if first["loc"] else "CHASSIS_PROCTORING_*"  # loc: the alias
-        raise ConfigError(f"{env_name}: {first['msg']} (got {first['input']!r})") from None
+        raise ConfigError(settings_problem(ProctoringSettings, err)) from None
 
 
 class ProctoringHook(Protocol):
@@ -436,5 +434,4 @@ def _status_name(call: Call, error: BaseException | None) -> str:
 
 
 def _trace_id() -> str:
-    span_context = trace.get_current_span().get_span_context()
-    return trace.format_trace_id(span_context.trace_id) if span_context.is_valid else ""
+    return trace_id_of(current_traceparent()) or ""

@@ -132,9 +132,8 @@ def app_retrying(policy: RetryPolicy | None, *, budget: float) -> AsyncRetrying:
 
     With a YAML retry policy: its back-off (constant `duration`, or exponential up to `maxInterval`
     with daprd's randomisation) and `maxRetries`, on UNAVAILABLE and DEADLINE_EXCEEDED (or the codes
-    its `matching.gRPCStatusCodes` lists). Without
-    one: the built-in transient policy. Either way no retry starts once the deadline would pass, and
-    an open circuit breaker's answer is final.
+    its `matching.gRPCStatusCodes` lists). Without one: the built-in transient policy. Either way
+    no retry starts once the deadline would pass, and an open circuit breaker's answer is final.
     """
     if policy is None:
         return retrying().copy(stop=stop_after_attempt(DEFAULT_ATTEMPTS) | stop_before_delay(budget))
@@ -218,20 +217,6 @@ def _load(paths: tuple[Path, ...], app_id: str) -> ClientPolicies:
     from chassis.sidecar._errors import ResourceError
 
     try:
-        resiliency = _resources.load_resiliency(paths, app_id)
-        # Only each component's type (for Dapr's default policy names); checking the components
-        # themselves is the sidecar's job, and daprd knows types the embedded sidecar does not.
-        kinds = {
-            str(doc["metadata"]["name"]): str(doc["spec"]["type"])
-            for file in _resources._yaml_files(paths)
-            for _, doc in _resources._documents(file)
-            if doc.get("kind") == "Component" and _has_name_and_type(doc)
-        }
+        return ClientPolicies(_resources.load_resiliency(paths, app_id), _resources.component_types(paths))
     except ResourceError as err:
         raise ConfigError(str(err)) from None
-    return ClientPolicies(resiliency, kinds)
-
-
-def _has_name_and_type(doc: dict[str, object]) -> bool:
-    metadata, spec = doc.get("metadata"), doc.get("spec")
-    return isinstance(metadata, dict) and "name" in metadata and isinstance(spec, dict) and "type" in spec

@@ -21,13 +21,18 @@ S = TypeVar("S", bound="ServiceSettings")
 
 DEFAULT_DAPR_GRPC_PORT = 50001
 DEFAULT_DAPR_HTTP_PORT = 3500
+# The sidecar's resources folders, exported to the app by `chassis run`/`chassis up` (see _resilience.py).
+RESOURCES_PATH_ENV = "CHASSIS_RESOURCES_PATH"
+
+
+def path_list(text: str) -> list[str]:
+    """`a:b` (os.pathsep-separated, like PATH, as CHASSIS_RESOURCES_PATH holds it) -> ["a", "b"]."""
+    return [part for part in text.split(os.pathsep) if part.strip()]
 
 
 def split_paths(value: object) -> object:
-    """`a:b` (os.pathsep-separated, as CHASSIS_RESOURCES_PATH holds it) -> [a, b]; lists pass through."""
-    if isinstance(value, str):
-        return [part for part in value.split(os.pathsep) if part.strip()]
-    return value
+    """Validator: a string of folders as `path_list`; a list passes through."""
+    return path_list(value) if isinstance(value, str) else value
 
 
 class ServiceSettings(BaseSettings):
@@ -54,7 +59,7 @@ class ServiceSettings(BaseSettings):
     # The sidecar's --resources-path folders (os.pathsep-separated, like PATH): the chassis reads the
     # same Resiliency YAML so no policy runs twice (see _resilience.py). Empty: built-in policies.
     resources_path: Annotated[list[Path], NoDecode, BeforeValidator(split_paths)] = Field(
-        default_factory=list, validation_alias="CHASSIS_RESOURCES_PATH"
+        default_factory=list, validation_alias=RESOURCES_PATH_ENV
     )
 
     @classmethod
@@ -82,16 +87,21 @@ def load_settings(cls: type[S]) -> S:
         raise SystemExit(2) from None
 
 
-def describe_error(cls: type[ServiceSettings], err: ValidationError) -> str:
+def describe_error(cls: type[BaseSettings], err: ValidationError) -> str:
     """The one line a person needs: which variable, what is wrong, what it was set to."""
+    return f"config error: {settings_problem(cls, err)}"
+
+
+def settings_problem(cls: type[BaseSettings], err: ValidationError) -> str:
+    """`VARIABLE: what is wrong (got value)`, for the first problem of a settings class."""
     first = err.errors()[0]
     field = str(first["loc"][0]) if first["loc"] else ""
     env_name = env_var_of(cls, field)
     shown = "not set" if first["type"] == "missing" else f"got {first['input']!r}"
-    return f"config error: {env_name}: {first['msg']} ({shown})"
+    return f"{env_name}: {first['msg']} ({shown})"
 
 
-def env_var_of(cls: type[ServiceSettings], field_or_alias: str) -> str:
+def env_var_of(cls: type[BaseSettings], field_or_alias: str) -> str:
     """The environment variable that feeds a field (`loc` of an error may be its name or its alias)."""
     for name, info in cls.model_fields.items():
         alias = _first_alias(info.validation_alias)
@@ -107,6 +117,14 @@ def _first_alias(alias: str | AliasPath | AliasChoices | None) -> str | None:
         first: Any = alias.choices[0]
         return first if isinstance(first, str) else None
     return None
+
+
+def resources_path(settings: ServiceSettings | None) -> tuple[list[Path], str]:
+    """The resources folders and the app id: from settings when a service has them, else the environment."""
+    if settings is not None:
+        return settings.resources_path, settings.app_id
+    folders = path_list(os.environ.get(RESOURCES_PATH_ENV, ""))
+    return [Path(folder) for folder in folders], os.environ.get("APP_ID", "")
 
 
 def sidecar_grpc_port(settings: ServiceSettings | None) -> int:

@@ -12,22 +12,19 @@ each attempt but cannot replay a proxied call, so the retries are the client's (
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from chassis._resilience import Deadline, app_retrying, load_policies
-from chassis._settings import ServiceSettings, sidecar_grpc_port
+from chassis._settings import ServiceSettings, resources_path, sidecar_grpc_port
 
 if TYPE_CHECKING:
     from chassis.sidecar._resiliency import RetryPolicy
 
 DEFAULT_TIMEOUT = 10.0
 APP_ID_METADATA = "dapr-app-id"
-RESOURCES_PATH_ENV = "CHASSIS_RESOURCES_PATH"
 
 __all__ = ["DEFAULT_TIMEOUT", "channel"]
 
@@ -49,11 +46,7 @@ def channel(
 
 def _retry_policy(target: str, settings: ServiceSettings | None) -> RetryPolicy | None:
     """The YAML retry policy for calls to `target`, as scoped for this (the calling) app."""
-    if settings is not None:
-        return load_policies(settings.resources_path, settings.app_id).app_retry(target)
-    # Without settings, as a service's settings would read them: the variables `chassis run` exports.
-    paths = [Path(p) for p in os.environ.get(RESOURCES_PATH_ENV, "").split(os.pathsep) if p.strip()]
-    return load_policies(paths, os.environ.get("APP_ID", "")).app_retry(target)
+    return load_policies(*resources_path(settings)).app_retry(target)
 
 
 class _ToApp(

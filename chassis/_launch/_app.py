@@ -8,11 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chassis._launch._procs import Command
+from chassis._settings import RESOURCES_PATH_ENV
 from chassis._telemetry import TRACE_FILE_ENV
 
 SIDECAR_MODULE = "chassis.sidecar"
-# The sidecar's resources folders, for the chassis to read the same Resiliency YAML (_resilience.py).
-RESOURCES_PATH_ENV = "CHASSIS_RESOURCES_PATH"
 
 
 @dataclass(frozen=True)

@@ -156,6 +156,25 @@ def load_subscriptions(paths: Sequence[Path], app_id: str) -> list[Subscription]
     return found
 
 
+def component_types(paths: Sequence[Path]) -> dict[str, str]:
+    """Each Component's name -> type, the rest unchecked (a type only daprd knows is fine here).
+
+    What the chassis needs for Dapr's default policy names; checking components is the sidecar's job.
+    """
+    types = {}
+    for file in _yaml_files(paths):
+        for _, doc in _documents(file):
+            name, kind = _field(doc, "metadata", "name"), _field(doc, "spec", "type")
+            if doc.get("kind") == "Component" and name is not None and kind is not None:
+                types[name] = kind
+    return types
+
+
+def _field(doc: Mapping[str, Any], section: str, key: str) -> str | None:
+    value = doc.get(section)
+    return str(value[key]) if isinstance(value, dict) and key in value else None
+
+
 def load_specs(paths: Sequence[Path]) -> list[ComponentSpec]:
     """Parse every Component in the YAML files of `paths` (folders or files); raise ResourceError."""
     specs: list[ComponentSpec] = []
