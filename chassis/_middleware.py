@@ -80,6 +80,7 @@ class MiddlewareInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
     def __init__(self, middlewares: Sequence[Middleware], *, skip: Callable[[str], bool]) -> None:
         self._middlewares = middlewares  # the service's live list: `use` after start still counts
         self._skip = skip
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}  # method -> (its handler, wrapped)
 
     async def intercept_service(
         self,
@@ -90,7 +91,11 @@ class MiddlewareInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
         method: str = details.method
         if handler is None or not self._middlewares or self._skip(method):
             return handler
-        return _wrapped(handler, method, self._middlewares)
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:  # wrap once per method, not on every call
+            cached = (handler, _wrapped(handler, method, self._middlewares))
+            self._wrapped[method] = cached
+        return cached[1]
 
 
 def _wrapped(handler: Handler, method: str, middlewares: Sequence[Middleware]) -> Handler:
