@@ -300,11 +300,18 @@ class Sidecar:
         self._stack.push_async_callback(registry.unregister, self.args.app_id, self.app_address)
         log.info("registered app %s at %s in %s", self.args.app_id, self.app_address, registry.path)
 
-    async def run_until_stopped(self) -> None:
-        """Wait for SIGTERM/SIGINT or the Shutdown API, then stop everything."""
+    def watch_signals(self) -> None:
+        """SIGTERM/SIGINT ask for a graceful stop from now on, also while starting.
+
+        Installed before anything answers: a supervisor that sees the sidecar healthy and stops it at
+        once must get the drain and the registry clean-up, not the default action (death by signal).
+        """
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
+
+    async def run_until_stopped(self) -> None:
+        """Wait for SIGTERM/SIGINT or the Shutdown API, then stop everything."""
         try:
             await self.stopping.wait()
             log.info("stopping: draining deliveries and closing components")
@@ -316,6 +323,7 @@ class Sidecar:
 async def _serve(args: argparse.Namespace) -> int:
     _check_args(args)
     sidecar = Sidecar(args)
+    sidecar.watch_signals()
     await sidecar.start()
     await sidecar.run_until_stopped()
     return 0
